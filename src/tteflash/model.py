@@ -1,0 +1,255 @@
+"""The TTE-Flash wrapper: one model whose configurations are the compared methods.
+
+    no-think        [query][E]                       think_tokens=0
+    TTE-Flash       [query][T_1..T_K][E]              think_tokens=K (CoT loss on a branch after E)
+    explicit CoT    [query]<|cot|>[CoT]<|/cot|>[E]    explicit_cot=True (CoT generated, or gold = oracle)
+
+The embedding is the L2-normalised hidden state of E, so a checkpoint is an ordinary last-token
+embedding model whose prompt happens to end with special tokens.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .backbone import Backbone, add_project_tokens, load_backbone, save_backbone
+from .config import TTEFlashConfig
+from .processing import Batch, InputError, Processor, Row
+
+CONFIG_NAME = "tteflash_config.json"
+
+
+@dataclass
+class Output:
+    embeddings: torch.Tensor            # (B, D) L2-normalised; rows without E are zeros
+    cot_loss: torch.Tensor | None       # mean token NLL over all CoT tokens in the batch
+    cot_token_loss: torch.Tensor | None  # (N,) per CoT token
+
+
+class TTEFlashModel(torch.nn.Module):
+    def __init__(self, backbone: Backbone, config: TTEFlashConfig | None = None):
+        super().__init__()
+        self.config = config or TTEFlashConfig()
+        add_project_tokens(backbone, max(self.config.think_tokens, 32))
+        self.backbone = backbone
+        self.vlm = backbone.model  # registered submodule: parameters, .to(), state_dict
+        self.processor = Processor(backbone.tokenizer, backbone.image_processor, self.vlm.config,
+                                   max_text_tokens=self.config.max_text_tokens,
+                                   max_video_frames=self.config.max_video_frames, truncate=self.config.truncate_text)
+        self.processor.bind_rope(self.vlm.model.get_rope_index)
+        if self.config.think_tokens > self.processor.max_think_tokens:
+            raise ValueError(f"think_tokens={self.config.think_tokens} but only "
+                             f"{self.processor.max_think_tokens} think tokens exist in the vocabulary")
+        self._generate_params = set(inspect.signature(self.vlm.forward).parameters)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, config: TTEFlashConfig | None = None, **load_kwargs) -> "TTEFlashModel":
+        """A TTE-Flash checkpoint or a plain Qwen-VL backbone, from a hub id or a local directory.
+
+        `config` overrides the saved settings (e.g. to start a new method from a base checkpoint).
+        """
+        from transformers.utils import cached_file
+
+        saved = cached_file(name_or_path, CONFIG_NAME, _raise_exceptions_for_missing_entries=False)
+        if config is None:
+            config = TTEFlashConfig.from_dict(json.load(open(saved))) if saved else TTEFlashConfig()
+        load_kwargs.setdefault("dtype", torch.float32 if not torch.cuda.is_available() else "auto")
+        return cls(load_backbone(name_or_path, **load_kwargs), config)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        os.makedirs(directory, exist_ok=True)
+        save_backbone(self.backbone, directory)
+        with open(os.path.join(directory, CONFIG_NAME), "w") as f:
+            f.write(self.config.to_json())
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.vlm.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.vlm.parameters()).dtype
+
+    # ------------------------------------------------------------------ rows
+    def query_row(self, item, name: str = "query", *, cot: str | None = None, train_cot: bool = False,
+                  think: int | None = None) -> Row:
+        """The query side. `cot`: gold CoT (explicit: inline before E; TTE-Flash: branch target when train_cot)."""
+        row = self.processor.prompt_row(item, name)
+        cfg = self.config
+        if cfg.explicit_cot:
+            if cot is not None:
+                row.inline_cot = self.processor.cot_ids(cot, f"{name} cot", cfg.max_cot_tokens)
+        else:
+            row.think = cfg.think_tokens if think is None else think
+            if train_cot and row.think:
+                if cot is None:
+                    raise ValueError(f"{name}: training the CoT loss needs a gold CoT")
+                row.branch_cot = self.processor.cot_ids(cot, f"{name} cot", cfg.max_cot_tokens)
+        return row
+
+    def document_row(self, item, name: str = "document") -> Row:
+        row = self.processor.prompt_row(item, name)
+        if self.config.think_on_targets and not self.config.explicit_cot:
+            row.think = self.config.think_tokens
+        return row
+
+    def make_batch(self, rows: list[Row]) -> Batch:
+        return self.processor.build_batch(rows, cot_sees_query=self.config.cot_sees_query, dtype=self.dtype).to(self.device)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batch: Batch) -> Output:
+        layer = self.config.embed_layer
+        out = self.vlm.model(**batch.model_inputs(), use_cache=False, output_hidden_states=layer != -1)
+        last = out.last_hidden_state
+        states = last if layer == -1 else out.hidden_states[layer]
+        rows = torch.arange(len(batch.embed_index), device=last.device)
+        has_e = batch.embed_index >= 0
+        emb = states[rows, batch.embed_index.clamp(min=0)]
+        emb = F.normalize(emb.float(), dim=-1) * has_e[:, None]
+        cot_loss = token_loss = None
+        if len(batch.cot_labels):
+            h = last[batch.cot_predict[:, 0], batch.cot_predict[:, 1]]
+            logits = self.vlm.lm_head(h).float()  # only at CoT positions: no full-vocabulary pass
+            token_loss = F.cross_entropy(logits, batch.cot_labels, reduction="none")
+            cot_loss = token_loss.mean()
+        return Output(emb, cot_loss, token_loss)
+
+    # ------------------------------------------------------------------ inference
+    def _as_list(self, inputs):
+        single = isinstance(inputs, (str, dict)) or not isinstance(inputs, Sequence)
+        return ([inputs] if single else list(inputs)), single
+
+    @torch.inference_mode()
+    def encode(self, inputs, batch_size: int = 32, show_progress_bar: bool | None = None,
+               convert_to_tensor: bool = False, *, role: str = "query", think_tokens: int | None = None,
+               cot: Sequence[str] | None = None, normalize_embeddings: bool = True):
+        """One L2-normalised vector per input, sentence-transformers style.
+
+        inputs: a string, an image (path, PIL, array), a dict {text, image, video}, or a list of those.
+        role: "query" (think tokens / CoT apply) or "document" (targets: plain [input][E]).
+        cot: gold CoTs for the explicit-CoT oracle; without it an explicit-CoT model generates its CoT.
+        """
+        if role not in ("query", "document"):
+            raise ValueError(f"role must be 'query' or 'document', got {role!r}")
+        items, single = self._as_list(inputs)
+        if cot is not None and len(cot) != len(items):
+            raise ValueError(f"got {len(cot)} CoTs for {len(items)} inputs")
+        dim = self.vlm.config.get_text_config().hidden_size
+        chunks = []
+        starts = range(0, len(items), batch_size)
+        bar = tqdm(starts, desc="encode", disable=not (show_progress_bar if show_progress_bar is not None else len(starts) > 4))
+        self.eval()
+        for s in bar:
+            part = items[s:s + batch_size]
+            names = [f"input {i}" for i in range(s, s + len(part))]
+            if role == "document":
+                rows = [self.document_row(x, n) for x, n in zip(part, names)]
+            elif self.config.explicit_cot:
+                gold = cot[s:s + len(part)] if cot is not None else None
+                rows = [self.query_row(x, n, cot=g) for x, n, g in zip(part, names, gold or [None] * len(part))]
+                if gold is None:
+                    for r, ids in zip(rows, self._generate_cot(rows)):
+                        r.inline_cot = ids
+            else:
+                rows = [self.query_row(x, n, think=think_tokens) for x, n in zip(part, names)]
+            chunks.append(self(self.make_batch(rows)).embeddings)
+        emb = torch.cat(chunks) if chunks else torch.zeros(0, dim)
+        if not normalize_embeddings:
+            pass  # embeddings are always unit length; the flag exists for API familiarity
+        emb = emb[0] if single else emb
+        return emb if convert_to_tensor else emb.cpu().numpy()
+
+    def encode_query(self, inputs, **kw):
+        return self.encode(inputs, role="query", **kw)
+
+    def encode_document(self, inputs, **kw):
+        return self.encode(inputs, role="document", **kw)
+
+    @staticmethod
+    def similarity(a, b) -> torch.Tensor:
+        a, b = torch.as_tensor(np.asarray(a)) if not torch.is_tensor(a) else a, torch.as_tensor(np.asarray(b)) if not torch.is_tensor(b) else b
+        return F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T
+
+    # ------------------------------------------------------------------ generation
+    def _generate_cot(self, rows: list[Row], max_new_tokens: int | None = None) -> list[list[int]]:
+        """Explicit CoT: greedy decoding after [prompt]<|cot|> with the backbone's own generate (KV cache)."""
+        p = self.processor
+        seqs = [r.prompt + [p.cot_start] for r in rows]
+        L = max(map(len, seqs))
+        ids = torch.full((len(rows), L), p.pad_token, dtype=torch.long)
+        types = torch.zeros_like(ids)
+        attn = torch.zeros_like(ids)
+        for b, (s, r) in enumerate(zip(seqs, rows)):  # left padding for batched generation
+            ids[b, L - len(s):] = torch.tensor(s)
+            types[b, L - len(r.prompt) - 1: L - 1] = torch.tensor(r.prompt_types)
+            attn[b, L - len(s):] = 1
+        kw = dict(input_ids=ids, attention_mask=attn)
+        if "mm_token_type_ids" in self._generate_params:
+            kw["mm_token_type_ids"] = types
+        for kind, pv, grid in ((1, "pixel_values", "image_grid_thw"), (2, "pixel_values_videos", "video_grid_thw")):
+            items = [(x, thw) for r in rows for k, x, thw in r.pixels if k == kind]
+            if items:
+                kw[pv] = torch.cat([x for x, _ in items]).to(self.dtype)
+                kw[grid] = torch.tensor([thw for _, thw in items])
+        kw = {k: v.to(self.device) for k, v in kw.items()}
+        n = max_new_tokens or self.config.max_cot_tokens
+        out = self.vlm.generate(**kw, max_new_tokens=n, do_sample=False, eos_token_id=p.cot_end,
+                                pad_token_id=p.pad_token)[:, L:].tolist()
+        result = []
+        for seq in out:
+            seq = seq[: seq.index(p.cot_end)] if p.cot_end in seq else seq
+            result.append(seq + [p.cot_end])
+        return result
+
+    @torch.inference_mode()
+    def generate_cot(self, inputs, batch_size: int = 32, max_new_tokens: int | None = None) -> list[str]:
+        """Explicit CoT text for each query (the explicit-CoT method's first stage)."""
+        items, _ = self._as_list(inputs)
+        out = []
+        for s in range(0, len(items), batch_size):
+            rows = [self.processor.prompt_row(x, f"input {s + i}") for i, x in enumerate(items[s:s + batch_size])]
+            out += [self._decode(ids) for ids in self._generate_cot(rows, max_new_tokens)]
+        return out
+
+    @torch.inference_mode()
+    def decode_thoughts(self, inputs, think_tokens: int | None = None, max_new_tokens: int | None = None,
+                        batch_size: int = 32) -> list[str]:
+        """Greedy CoT decoded from [query][T_1..T_K] through the same masked path the CoT loss trains."""
+        k = self.config.think_tokens if think_tokens is None else think_tokens
+        if self.config.explicit_cot or k == 0:
+            raise ValueError("decode_thoughts needs a model with think tokens (think_tokens > 0)")
+        items, _ = self._as_list(inputs)
+        n = max_new_tokens or self.config.max_cot_tokens
+        self.eval()
+        out = []
+        for s in range(0, len(items), batch_size):
+            base = [self.processor.prompt_row(x, f"input {s + i}") for i, x in enumerate(items[s:s + batch_size])]
+            gen = [[] for _ in base]
+            done = [False] * len(base)
+            for _ in range(n):
+                rows = [Row(r.prompt, r.prompt_types, r.pixels, think=k, branch_cot=g, embed=False) for r, g in zip(base, gen)]
+                batch = self.make_batch(rows)
+                h = self.vlm.model(**batch.model_inputs(), use_cache=False).last_hidden_state
+                nxt = self.vlm.lm_head(h[torch.arange(len(rows)), batch.last_index]).argmax(-1).tolist()
+                for i, t in enumerate(nxt):
+                    if not done[i]:
+                        gen[i].append(t)
+                        done[i] = t == self.processor.cot_end
+                if all(done):
+                    break
+            out += [self._decode(g) for g in gen]
+        return out
+
+    def _decode(self, ids: list[int]) -> str:
+        end = self.processor.cot_end
+        ids = ids[: ids.index(end)] if end in ids else ids
+        return self.backbone.tokenizer.decode(ids, skip_special_tokens=True).strip()
