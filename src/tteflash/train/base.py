@@ -1,0 +1,122 @@
+"""`make base`: the small base checkpoint every demo method starts from.
+
+Training from random weights in minutes learns nothing on the benchmark (contrastive collapse, slow
+perception), so the base is pretrained once, without the benchmark's retrieval targets, to
+(1) perceive its images: captioning of scenes, digit pairs, digit videos, object crops and pages,
+    with a curriculum on the number of objects per scene;
+(2) speak its language: next-token prediction on training-split query texts and CoT sentences
+    (text only: no images, no candidates);
+(3) embed: a symmetric image <-> caption contrastive alignment of the embedding token.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import time
+
+import torch
+
+from ..backbone import build_tiny_backbone, train_tiny_tokenizer
+from ..config import TTEFlashConfig
+from ..data import bench
+from ..losses import info_nce
+from ..model import TTEFlashModel
+from ..processing import Row
+from .trainer import TrainConfig, train
+
+KIND_WEIGHTS = {"scene": 0.35, "page": 0.25, "digits": 0.15, "video": 0.15, "crop": 0.10}
+DESCRIBE = "describe"
+
+
+def base_examples(step: int, cfg: TrainConfig, curriculum_steps: int) -> list:
+    """Perception pairs for one step: the number of objects per scene grows 1 -> 9 over the curriculum."""
+    rng = random.Random(f"base/{cfg.seed}/{step}")
+    max_objects = min(9, 1 + int(8 * step / max(1, curriculum_steps)))
+    kinds = rng.choices(list(KIND_WEIGHTS), weights=list(KIND_WEIGHTS.values()), k=cfg.batch_size)
+    pairs = [bench.perception_example(k, rng, max_objects=max_objects) for k in kinds]
+    # language: query text + CoT sentences of training examples (no images, no candidates)
+    texts = []
+    for i in range(cfg.batch_size // 4):
+        ex = bench.make_example(rng.choice(bench.TASK_NAMES), "train", rng.randrange(10**8))
+        texts.append((ex.query.get("text") or "") + " . " + ex.cot)
+    return [pairs, texts]
+
+
+def perception_step(model, data, cfg: TrainConfig) -> dict:
+    pairs, texts = data
+    p = model.processor
+    caption_rows, image_rows, text_rows, keys = [], [], [], []
+    for inp, caption in pairs:
+        r = p.prompt_row({**inp, "text": DESCRIBE}, "base image")
+        caption_rows.append(Row(r.prompt, r.prompt_types, r.pixels, inline_cot=p.cot_ids(caption), embed=False))
+        if caption not in keys:  # identical captions (e.g. two crops of a blue circle) are one target
+            keys.append(caption)
+            image_rows.append(p.prompt_row(inp, "base image"))
+            text_rows.append(p.prompt_row(caption, "base caption"))
+    lm_rows = []
+    for t in texts:
+        ids = p.text_ids(t, "base text")
+        lm_rows.append(Row([], [], inline_cot=ids + [p.cot_end], embed=False))
+    out = model(model.make_batch(caption_rows + lm_rows + image_rows + text_rows))
+    n0 = len(caption_rows) + len(lm_rows)
+    n = len(image_rows)
+    img, txt = out.embeddings[n0:n0 + n], out.embeddings[n0 + n:]
+    con = info_nce(img, txt, torch.arange(n, device=img.device), cfg.temperature, symmetric=True)
+    return {"loss": out.cot_loss + cfg.cot_weight * con, "generative": out.cot_loss, "contrastive": con}
+
+
+def build_base(out: str, minutes: float = 40.0, steps: int | None = None, seed: int = 0, progress: bool = True,
+               hidden_size: int = 256, layers: int = 4) -> dict:
+    t0 = time.time()
+    tokenizer = train_tiny_tokenizer(bench.corpus_texts(), vocab_size=640, max_think_tokens=32)
+    backbone = build_tiny_backbone(tokenizer, hidden_size=hidden_size, layers=layers, seed=seed)
+    model = TTEFlashModel(backbone, TTEFlashConfig(think_tokens=0, max_text_tokens=64, max_cot_tokens=48))
+    work = out + ".work"
+    plan = os.path.join(work, "plan.json")
+    if steps is None and os.path.exists(plan):  # resuming: keep the step count of the interrupted run
+        steps = json.load(open(plan))["steps"]
+    if steps is None:  # size the run to the time budget from a short timing probe
+        cfg_probe = TrainConfig(batch_size=32, temperature=0.07, freeze_vision=False)
+        for s in range(4):  # the first step pays one-off costs: time the next three
+            probe = time.perf_counter() if s == 1 else probe if s > 1 else None
+            perception_step(model, base_examples(s, cfg_probe, 1), cfg_probe)["loss"].backward()
+        model.zero_grad(set_to_none=True)
+        per_step = (time.perf_counter() - probe) / 3 * 1.15  # optimizer + logging overhead
+        steps = max(50, int(minutes * 60 / per_step))
+    cfg = TrainConfig(steps=steps, batch_size=32, lr=1.5e-3, warmup_steps=min(200, steps // 10), temperature=0.07,
+                      cot_weight=1.0, freeze_vision=False, checkpoint_every=200, log_every=25, seed=seed)
+    curriculum = int(0.5 * steps)
+    os.makedirs(work, exist_ok=True)
+    with open(plan, "w") as f:
+        json.dump({"steps": steps}, f)
+    state = train(model, cfg, work, lambda s: base_examples(s, cfg, curriculum), step_fn=perception_step,
+                  progress=progress, desc="base")
+    tmp = out + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    info = {"steps": steps, "train_seconds": state["train_seconds"], "wall_seconds": time.time() - t0,
+            "params": sum(p.numel() for p in model.parameters()), "history_last": state["history"][-1],
+            "benchmark": f"{bench.BENCH_NAME} {bench.BENCH_VERSION}", "torch": torch.__version__}
+    with open(os.path.join(tmp, "base_info.json"), "w") as f:
+        json.dump(info, f, indent=2)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    shutil.rmtree(work, ignore_errors=True)
+    return info
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Pretrain the small base checkpoint the demo starts from.")
+    ap.add_argument("--out", default="checkpoints/base")
+    ap.add_argument("--minutes", type=float, default=40.0, help="training time budget (sets the step count)")
+    ap.add_argument("--steps", type=int, default=None, help="fixed step count (overrides --minutes)")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    print(json.dumps(build_base(a.out, a.minutes, a.steps, a.seed), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""The training loop: AdamW, warm-up, clipping, progress bar, atomic checkpoints, exact resume.
+
+What a step computes is a `StepFn(model, examples, cfg) -> dict of scalar tensors` with a "loss"
+entry; the data is a pure function of the step index, so resuming at step s replays exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..losses import info_nce
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every method (equal budgets = equal TrainConfig)."""
+
+    steps: int = 500
+    """Optimizer steps."""
+    batch_size: int = 32
+    """Queries per step (each brings its positive and hard negatives)."""
+    lr: float = 5e-4
+    """Peak AdamW learning rate."""
+    warmup_steps: int = 25
+    """Linear warm-up steps, then cosine decay to 10% of the peak."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Gradient-norm clipping."""
+    temperature: float = 0.05
+    """InfoNCE temperature."""
+    cot_weight: float = 1.0
+    """lambda in loss = contrastive + lambda * CoT (schedule `joint`); 0 disables the CoT loss."""
+    schedule: str = "joint"
+    """How the two tasks are trained: `joint` (contrastive + lambda * CoT from one pass)."""
+    hard_negatives: int = 1
+    """Explicit hard negatives per query, taken from the example's hard-distractor list."""
+    freeze_vision: bool = True
+    """Keep the vision tower fixed (the base already perceives the images)."""
+    checkpoint_every: int = 100
+    """Steps between checkpoints (a killed run resumes from the last one)."""
+    log_every: int = 10
+    """Steps between log lines in log.jsonl."""
+    seed: int = 0
+    """Seed for the data order and initialisation of anything random."""
+
+    def __post_init__(self):
+        if self.schedule != "joint":
+            raise ValueError(f"unknown schedule {self.schedule!r} (available: joint)")
+
+
+StepFn = Callable[[torch.nn.Module, list, TrainConfig], dict]
+
+
+def contrastive_step(model, examples, cfg: TrainConfig) -> dict:
+    """Query rows (with their CoT where the method trains one) and de-duplicated target rows, one forward."""
+    train_cot = cfg.cot_weight > 0
+    q_rows = [model.query_row(ex.query, f"{ex.task} query", cot=ex.cot, train_cot=train_cot) for ex in examples]
+    keys, d_rows, positive = [], [], []
+    for ex in examples:
+        wanted = [ex.target] + list(ex.hard_negatives[: cfg.hard_negatives])
+        for j, c in enumerate(wanted):
+            key = f"{ex.task}/{ex.cand_ids[c]}"
+            if key not in keys:  # identical targets are encoded once and never act as negatives
+                keys.append(key)
+                d_rows.append(model.document_row(ex.candidates[c], f"{ex.task} candidate"))
+            if j == 0:
+                positive.append(keys.index(key))
+    out = model(model.make_batch(q_rows + d_rows))
+    n = len(q_rows)
+    pos = torch.tensor(positive, device=out.embeddings.device)
+    con = info_nce(out.embeddings[:n], out.embeddings[n:], pos, cfg.temperature)
+    result = {"contrastive": con, "loss": con}
+    if out.cot_loss is not None:
+        result["cot"] = out.cot_loss
+        result["loss"] = con + cfg.cot_weight * out.cot_loss
+    return result
+
+
+def lr_lambda(cfg: TrainConfig):
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def _save_checkpoint(path: str, state: dict) -> None:
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a kill never leaves a half-written checkpoint
+
+
+def train(model, cfg: TrainConfig, out_dir: str, examples_for_step: Callable[[int], list], *,
+          step_fn: StepFn = contrastive_step, progress: bool = True, stop_after: int | None = None,
+          desc: str = "train") -> dict:
+    """Train `model` in place; resumes from `out_dir/checkpoint.pt` when present.
+
+    stop_after: end this process after that many steps in total (simulates a kill; tests).
+    Returns the history: per logged step the mean of each loss since the previous log line.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    if cfg.freeze_vision:
+        for p in model.vlm.model.visual.parameters():
+            p.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    ckpt = os.path.join(out_dir, "checkpoint.pt")
+    state = {"step": 0, "history": [], "train_seconds": 0.0}
+    if os.path.exists(ckpt):
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if saved["config"] != dataclasses.asdict(cfg):
+            raise ValueError(f"{ckpt} was written with another TrainConfig; use a new out_dir or delete it")
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["torch_rng"])
+        state = saved["state"]
+    model.train()
+    pending: dict[str, list[float]] = {}
+    bar = tqdm(range(state["step"], cfg.steps), initial=state["step"], total=cfg.steps, desc=desc,
+               disable=not progress, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    for step in bar:
+        losses = step_fn(model, examples_for_step(step), cfg)
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        sched.step()
+        for k, v in losses.items():
+            pending.setdefault(k, []).append(float(v))
+        state["step"] = step + 1
+        if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
+            line = {"step": state["step"], "lr": sched.get_last_lr()[0], **{k: float(np.mean(v)) for k, v in pending.items()}}
+            state["history"].append(line)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in line.items() if k not in ("step", "lr")})
+            with open(os.path.join(out_dir, "log.jsonl"), "a") as f:
+                f.write(json.dumps(line) + "\n")
+            pending = {}
+        done = state["step"] == cfg.steps or (stop_after is not None and state["step"] >= stop_after)
+        if state["step"] % cfg.checkpoint_every == 0 or done:
+            state["train_seconds"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            _save_checkpoint(ckpt, {"config": dataclasses.asdict(cfg), "model": model.state_dict(),
+                                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                    "torch_rng": torch.get_rng_state(), "state": state})
+        if done:
+            break
+    model.eval()
+    return state
