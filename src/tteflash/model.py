@@ -52,16 +52,19 @@ class TTEFlashModel(torch.nn.Module):
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, name_or_path: str, config: TTEFlashConfig | None = None, **load_kwargs) -> "TTEFlashModel":
+    def from_pretrained(cls, name_or_path: str, config: TTEFlashConfig | dict | None = None,
+                        **load_kwargs) -> "TTEFlashModel":
         """A TTE-Flash checkpoint or a plain Qwen-VL backbone, from a hub id or a local directory.
 
-        `config` overrides the saved settings (e.g. to start a new method from a base checkpoint).
+        config: a TTEFlashConfig replaces the saved settings; a dict overrides some of them (e.g.
+        `{"think_tokens": 8}` to start a TTE-Flash model from a base checkpoint).
         """
         from transformers.utils import cached_file
 
         saved = cached_file(name_or_path, CONFIG_NAME, _raise_exceptions_for_missing_entries=False)
-        if config is None:
-            config = TTEFlashConfig.from_dict(json.load(open(saved))) if saved else TTEFlashConfig()
+        if not isinstance(config, TTEFlashConfig):
+            base = json.load(open(saved)) if saved else {}
+            config = TTEFlashConfig.from_dict({**base, **(config or {})})
         load_kwargs.setdefault("dtype", torch.float32 if not torch.cuda.is_available() else "auto")
         return cls(load_backbone(name_or_path, **load_kwargs), config)
 

@@ -167,6 +167,8 @@ class Processor:
         self.vision_start, self.vision_end = model_config.vision_start_token_id, ids("<|vision_end|>")
         self.embed_token, self.cot_start, self.cot_end = ids(EMBED_TOKEN), ids(COT_START_TOKEN), ids(COT_END_TOKEN)
         self.pad_token = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        # Qwen3-VL lays a video out as per-frame blocks with timestamps: not supported yet.
+        self.supports_video = not model_config.model_type.startswith("qwen3")
         self._think_ids: list[int] = []
         for i in range(1, 10_000):
             tid = ids(think_token(i))
@@ -220,6 +222,8 @@ class Processor:
             patches, thw = self.vision.patchify([to_pil(item["image"], name)])
             pixels.append((IMAGE, patches, thw))
         elif item["video"] is not None:
+            if not self.supports_video:
+                raise NotImplementedError(f"{name}: video input is not supported yet for this backbone (Qwen3-VL)")
             frames = list(item["video"])
             if len(frames) < self.min_video_frames:
                 raise InputError(f"{name}: video has {len(frames)} frame(s); at least {self.min_video_frames} are needed")

@@ -40,6 +40,7 @@ def evaluate(model, examples, groups: dict[str, str], *, batch_size: int = 32, g
     """
     queries = [ex.query for ex in examples]
     cots = [ex.cot for ex in examples] if gold_cot else None
+    model.encode(queries[:2], batch_size=2, cot=cots[:2] if cots else None)  # warm-up: one-off costs untimed
     q_emb, ms_batch = _time_queries(model, queries, batch_size, cots)
     by_task_idx: dict[str, list[int]] = {}
     for i, ex in enumerate(examples):

@@ -1,0 +1,25 @@
+# `make demo` and `make test` create .venv and install into it when missing.
+PY := .venv/bin/python
+STAMP := .venv/.installed-$(shell (cat pyproject.toml; echo) | md5sum | cut -c1-8)
+
+.PHONY: demo test test-slow base clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	rm -f .venv/.installed-* && touch $@
+
+demo: $(STAMP)
+	$(PY) -m tteflash.cli demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+base: $(STAMP)
+	$(PY) -m tteflash.cli base
+
+clean:
+	rm -rf runs/demo

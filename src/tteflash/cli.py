@@ -1,0 +1,62 @@
+"""`tte-flash` command line."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    from .config import add_arguments, from_args
+
+    ap = argparse.ArgumentParser(prog="tte-flash", description="TTE-Flash: reasoning-aware multimodal embeddings")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    from .train.trainer import TrainConfig
+    demo = sub.add_parser("demo", help="train no-think, TTE-Flash K=8 and explicit CoT from the base; evaluate; report")
+    demo.add_argument("--base", default="checkpoints/base", help="base checkpoint directory")
+    demo.add_argument("--out", default="runs/demo", help="output directory (finished methods are reused)")
+    demo.add_argument("--n-test", type=int, default=None, help="test queries per task (default: the full split)")
+    add_arguments(demo, TrainConfig)
+
+    base = sub.add_parser("base", help="pretrain the small base checkpoint (perception, language, alignment)")
+    base.add_argument("--out", default="checkpoints/base")
+    base.add_argument("--steps", type=int, default=3000)
+    base.add_argument("--seed", type=int, default=0)
+
+    enc = sub.add_parser("encode", help="embed texts (one per line of a file, or arguments) and save a .npy")
+    enc.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    enc.add_argument("--out", required=True, help="output .npy file")
+    enc.add_argument("--role", choices=["query", "document"], default="query")
+    enc.add_argument("--batch-size", type=int, default=32)
+    enc.add_argument("texts", nargs="*", help="texts to embed (default: read lines from stdin)")
+
+    a = ap.parse_args(argv)
+    if a.command == "demo":
+        from .train.demo import run_demo
+        run_demo(a.base, a.out, from_args(TrainConfig, a), n_test=a.n_test)
+    elif a.command == "base":
+        from .train.base import build_base
+        build_base(a.out, steps=a.steps, seed=a.seed)
+    elif a.command == "encode":
+        import os
+
+        import numpy as np
+
+        from .model import TTEFlashModel
+        from .processing import InputError
+        texts = a.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        model = TTEFlashModel.from_pretrained(a.model)
+        try:
+            emb = model.encode(texts, batch_size=a.batch_size, role=a.role)
+        except InputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        tmp = a.out + ".tmp.npy"
+        np.save(tmp, emb)
+        os.replace(tmp, a.out)  # never a half-written output file
+        print(f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings to {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

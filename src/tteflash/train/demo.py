@@ -1,0 +1,121 @@
+"""`make demo`: train no-think, TTE-Flash (K=8) and explicit CoT from the bundled base with equal
+budgets, evaluate them and the explicit-CoT oracle on TTE-Bench's test split, write a report."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+
+import numpy as np
+import torch
+import transformers
+
+from ..data import bench
+from ..eval.evaluate import evaluate
+from ..model import TTEFlashModel
+from .trainer import TrainConfig, train
+
+# Every compared method is a configuration of the same model, trained with the same TrainConfig.
+METHODS = {
+    "no_think": ({"think_tokens": 0, "explicit_cot": False}, False),
+    "tte_flash_k8": ({"think_tokens": 8, "explicit_cot": False}, True),
+    "explicit_cot": ({"think_tokens": 0, "explicit_cot": True}, True),
+}
+GROUP_ORDER = ["image-CLS", "image-QA", "image-RET", "image-VG", "video-QA", "visdoc"]
+
+
+def examples_for_step(step: int, batch_size: int, tasks=bench.TASK_NAMES) -> list:
+    """Balanced over tasks, a pure function of the step (exact resume)."""
+    start = step * batch_size
+    return [bench.make_example(tasks[i % len(tasks)], "train", i // len(tasks)) for i in range(start, start + batch_size)]
+
+
+def _loss_ends(history: list[dict], key: str) -> tuple[float | None, float | None]:
+    """Mean of the first and last 10% of logged values."""
+    vals = [h[key] for h in history if key in h]
+    if not vals:
+        return None, None
+    n = max(1, len(vals) // 10)
+    return float(np.mean(vals[:n])), float(np.mean(vals[-n:]))
+
+
+def run_method(name: str, base: str, out: str, cfg: TrainConfig, test, groups, progress=True) -> dict:
+    done = os.path.join(out, name, "result.json")
+    if os.path.exists(done):  # finished methods are not recomputed
+        return json.load(open(done))
+    overrides, trains_cot = METHODS[name]
+    model = TTEFlashModel.from_pretrained(base, overrides)
+    mcfg = dataclasses.replace(cfg, cot_weight=cfg.cot_weight if trains_cot else 0.0)
+    state = train(model, mcfg, os.path.join(out, name), lambda s: examples_for_step(s, cfg.batch_size),
+                  progress=progress, desc=name)
+    model.save_pretrained(os.path.join(out, name, "model"))
+    result = {name: evaluate(model, test, groups)}
+    first, last = _loss_ends(state["history"], "cot")
+    result[name].update(train_seconds=state["train_seconds"], train_steps=state["step"])
+    if first is not None:
+        result[name].update(cot_loss_first=first, cot_loss_last=last)
+    if name == "explicit_cot":  # the oracle: the same model, gold CoT at test time
+        result["explicit_cot_oracle"] = {**evaluate(model, test, groups, gold_cot=True),
+                                         "train_seconds": state["train_seconds"], "train_steps": state["step"]}
+    tmp = done + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(tmp, done)
+    return result
+
+
+def report(results: dict) -> str:
+    methods = results["methods"]
+    base_ms = methods["no_think"]["encode_ms_per_query"]
+    head = ["method"] + GROUP_ORDER + ["overall hit@1", "ms/query b32", "ms/query b1", "cost vs no-think (b32)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in methods.items():
+        cells = [name] + [f"{100 * r['by_group'][g]['hit@1']:.1f}" for g in GROUP_ORDER]
+        cells += [f"{100 * r['overall']['hit@1']:.1f}", f"{r['encode_ms_per_query']:.2f}",
+                  f"{r['encode_ms_per_query_b1']:.2f}", f"{r['encode_ms_per_query'] / base_ms:.2f}x"]
+        lines.append("| " + " | ".join(cells) + " |")
+    b = results["benchmark"]
+    text = [f"# TTE-Flash demo on {b['name']} {b['version']}", "",
+            f"{b['n_test_queries']} test queries over {len(b['tasks'])} tasks; chance hit@1 "
+            f"{100 * b['chance_hit@1']:.1f}%. Scores: hit@1 (%), per meta-task = mean over its tasks.", "",
+            *lines, ""]
+    for name, r in methods.items():
+        if "cot_loss_first" in r:
+            text.append(f"- {name}: CoT loss {r['cot_loss_first']:.3f} -> {r['cot_loss_last']:.3f}; "
+                        f"trained {r['train_steps']} steps in {r['train_seconds']:.0f} s")
+        else:
+            text.append(f"- {name}: trained {r['train_steps']} steps in {r['train_seconds']:.0f} s")
+    env = results["environment"]
+    text += ["", f"Environment: {env['device']}, torch {env['torch']}, transformers {env['transformers']}.", ""]
+    return "\n".join(text)
+
+
+def run_demo(base: str = "checkpoints/base", out: str = "runs/demo", cfg: TrainConfig | None = None,
+             n_test: int | None = None, progress: bool = True) -> dict:
+    if not os.path.exists(os.path.join(base, "model.safetensors")):
+        raise SystemExit(f"no base checkpoint at {base!r}: run `make base` first")
+    cfg = cfg or TrainConfig()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    test = bench.load_split("test", n_per_task=n_test)
+    groups = {t.name: t.group for t in bench.TASKS}
+    methods = {}
+    for name in METHODS:
+        methods.update(run_method(name, base, out, cfg, test, groups, progress))
+    results = {
+        "benchmark": {"name": bench.BENCH_NAME, "version": bench.BENCH_VERSION, "n_test_queries": len(test),
+                      "chance_hit@1": float(np.mean([1 / len(ex.candidates) for ex in test])),
+                      "tasks": [dataclasses.asdict(t) for t in bench.TASKS]},
+        "environment": {"device": "cuda" if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, {platform.machine()})",
+                        "torch": torch.__version__, "transformers": transformers.__version__},
+        "train_config": dataclasses.asdict(cfg),
+        "methods": methods,
+    }
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    text = report(results)
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(text)
+    print(text)
+    return results

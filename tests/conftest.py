@@ -1,0 +1,105 @@
+"""Shared fixtures: one tiny tokenizer and tiny Qwen2-VL backbone per session, a few images and a video.
+
+The shared backbone is read-only for tests: anything that trains or changes weights builds its own
+with `fresh_backbone` (cheap at this size) so test order never matters.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tteflash.backbone import build_tiny_backbone, train_tiny_tokenizer
+from tteflash.config import TTEFlashConfig
+from tteflash.data import bench
+from tteflash.model import TTEFlashModel
+
+TINY = dict(hidden_size=64, layers=2, heads=2, kv_heads=1, intermediate_size=128, vision_depth=1, vision_dim=32)
+MAX_THINK = 32  # the wrapper registers 32 think tokens; the tokenizer already has them: no resize, no RNG
+
+
+def random_image(width: int, height: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return train_tiny_tokenizer(bench.corpus_texts(n_per_task=4, n_per_kind=4), vocab_size=400,
+                                max_think_tokens=MAX_THINK)
+
+
+def _backbone(tokenizer, seed: int = 0):
+    return build_tiny_backbone(tokenizer, seed=seed, **TINY)
+
+
+@pytest.fixture(scope="session")
+def fresh_backbone(tokenizer):
+    """Factory for a private backbone (training, weight edits)."""
+    return lambda seed=0: _backbone(tokenizer, seed)
+
+
+@pytest.fixture(scope="session")
+def backbone(tokenizer):
+    bb = _backbone(tokenizer)
+    bb.model.eval()
+    return bb
+
+
+@pytest.fixture(scope="session")
+def make_model(backbone):
+    """A TTEFlashModel with the given config over the shared (read-only) backbone."""
+    def make(**cfg) -> TTEFlashModel:
+        m = TTEFlashModel(backbone, TTEFlashConfig(**cfg))
+        m.eval()
+        return m
+    return make
+
+
+@pytest.fixture(scope="session")
+def model8(make_model):
+    return make_model(think_tokens=8)
+
+
+@pytest.fixture(scope="session")
+def model0(make_model):
+    return make_model(think_tokens=0)
+
+
+@pytest.fixture(scope="session")
+def img84():
+    return random_image(84, 84, 1)
+
+
+@pytest.fixture(scope="session")
+def img56():
+    return random_image(56, 56, 2)
+
+
+@pytest.fixture(scope="session")
+def img100x70():
+    return random_image(100, 70, 3)
+
+
+@pytest.fixture(scope="session")
+def video4():
+    return [random_image(56, 56, 10 + i) for i in range(4)]
+
+
+@pytest.fixture(scope="session")
+def train_examples():
+    """Eight fixed bench examples covering eight tasks (image, text, video queries and targets)."""
+    return [bench.make_example(task, "train", i) for i, task in enumerate(bench.TASK_NAMES[:8])]
+
+
+@pytest.fixture
+def no_grad_leak(backbone):
+    """Clear gradients a test leaves on the shared backbone."""
+    yield
+    backbone.model.zero_grad(set_to_none=True)
+    backbone.model.eval()
+
+
+def pytest_configure(config):
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
