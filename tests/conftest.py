@@ -15,6 +15,10 @@ from tteflash.config import TTEFlashConfig
 from tteflash.data import bench
 from tteflash.model import TTEFlashModel
 
+# Tiny matmuls gain nothing from threads, and on a shared 2-core machine OpenMP contention makes
+# every linear ~100x slower: run single-threaded.
+torch.set_num_threads(1)
+
 TINY = dict(hidden_size=64, layers=2, heads=2, kv_heads=1, intermediate_size=128, vision_depth=1, vision_dim=32)
 MAX_THINK = 32  # the wrapper registers 32 think tokens; the tokenizer already has them: no resize, no RNG
 
@@ -99,7 +103,3 @@ def no_grad_leak(backbone):
     yield
     backbone.model.zero_grad(set_to_none=True)
     backbone.model.eval()
-
-
-def pytest_configure(config):
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))

@@ -45,9 +45,6 @@ class TTEFlashModel(torch.nn.Module):
                                    max_text_tokens=self.config.max_text_tokens,
                                    max_video_frames=self.config.max_video_frames, truncate=self.config.truncate_text)
         self.processor.bind_rope(self.vlm.model.get_rope_index)
-        if self.config.think_tokens > self.processor.max_think_tokens:
-            raise ValueError(f"think_tokens={self.config.think_tokens} but only "
-                             f"{self.processor.max_think_tokens} think tokens exist in the vocabulary")
         self._generate_params = set(inspect.signature(self.vlm.forward).parameters)
 
     # ------------------------------------------------------------------ loading
@@ -63,7 +60,10 @@ class TTEFlashModel(torch.nn.Module):
 
         saved = cached_file(name_or_path, CONFIG_NAME, _raise_exceptions_for_missing_entries=False)
         if not isinstance(config, TTEFlashConfig):
-            base = json.load(open(saved)) if saved else {}
+            base = {}
+            if saved:
+                with open(saved) as f:
+                    base = json.load(f)
             config = TTEFlashConfig.from_dict({**base, **(config or {})})
         load_kwargs.setdefault("dtype", torch.float32 if not torch.cuda.is_available() else "auto")
         return cls(load_backbone(name_or_path, **load_kwargs), config)
@@ -206,7 +206,7 @@ class TTEFlashModel(torch.nn.Module):
         kw = {k: v.to(self.device) for k, v in kw.items()}
         n = max_new_tokens or self.config.max_cot_tokens
         out = self.vlm.generate(**kw, max_new_tokens=n, do_sample=False, eos_token_id=p.cot_end,
-                                pad_token_id=p.pad_token)[:, L:].tolist()
+                                pad_token_id=p.pad_token, suppress_tokens=p.never_generated)[:, L:].tolist()
         result = []
         for seq in out:
             seq = seq[: seq.index(p.cot_end)] if p.cot_end in seq else seq
@@ -242,7 +242,9 @@ class TTEFlashModel(torch.nn.Module):
                 rows = [Row(r.prompt, r.prompt_types, r.pixels, think=k, branch_cot=g, embed=False) for r, g in zip(base, gen)]
                 batch = self.make_batch(rows)
                 h = self.vlm.model(**batch.model_inputs(), use_cache=False).last_hidden_state
-                nxt = self.vlm.lm_head(h[torch.arange(len(rows)), batch.last_index]).argmax(-1).tolist()
+                logits = self.vlm.lm_head(h[torch.arange(len(rows)), batch.last_index])
+                logits[:, self.processor.never_generated] = float("-inf")
+                nxt = logits.argmax(-1).tolist()
                 for i, t in enumerate(nxt):
                     if not done[i]:
                         gen[i].append(t)

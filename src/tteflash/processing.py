@@ -181,6 +181,12 @@ class Processor:
     def max_think_tokens(self) -> int:
         return len(self._think_ids)
 
+    @property
+    def never_generated(self) -> list[int]:
+        """Tokens a generated CoT must not contain: vision placeholders, E, CoT start, think tokens."""
+        return [self.vision_start, self.vision_end, self.image_token, self.video_token, self.embed_token,
+                self.cot_start, *self._think_ids]
+
     def normalise(self, item, name: str) -> dict:
         """Any supported input -> {"text", "image", "video"} (None where unused)."""
         if isinstance(item, str):
@@ -205,7 +211,8 @@ class Processor:
         return {"text": text, "image": image, "video": video}
 
     def text_ids(self, text: str, name: str, limit: int | None = None) -> list[int]:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        # split_special_tokens: a literal "<|emb|>" or "<|image_pad|>" in user text stays plain text
+        ids = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
         limit = self.max_text_tokens if limit is None else limit
         if len(ids) > limit:
             if not self.truncate:
@@ -250,7 +257,7 @@ class Processor:
     # -- batch
     def build_batch(self, rows: list[Row], *, cot_sees_query: bool = False, dtype=torch.float32) -> Batch:
         seqs, types, roles = [], [], []  # role: 0 prompt, 1 inline cot, 2 think, 3 E, 4 branch cot
-        cot_predict, cot_labels, cot_rows = [], [], []
+        cot_predict, cot_labels, cot_rows, embed_index = [], [], [], []
         for b, r in enumerate(rows):
             if r.think > len(self._think_ids):
                 raise ValueError(f"{r.think} think tokens requested; the tokenizer has {len(self._think_ids)}")
@@ -261,6 +268,7 @@ class Processor:
                     cot_predict.append((b, len(s) - 1)); cot_labels.append(tok); cot_rows.append(b)
                     s.append(tok); ro.append(1)
             s += self._think_ids[: r.think]; ro += [2] * r.think
+            embed_index.append(len(s) if r.embed else -1)
             if r.embed:
                 s.append(self.embed_token); ro.append(3)
             if r.branch_cot is not None:
@@ -298,7 +306,6 @@ class Processor:
         allowed &= ~(branch[:, :, None] & hide_from_branch[:, None, :])
         allowed |= torch.eye(L, dtype=torch.bool)[None]  # padding attends to itself: no all-masked rows
         mask = torch.zeros((B, 1, L, L), dtype=dtype).masked_fill(~allowed[:, None], torch.finfo(dtype).min)
-        embed_index = torch.tensor([s.index(self.embed_token) if r.embed else -1 for s, r in zip(seqs, rows)])
 
         def cat(kind):
             items = [(p, thw) for r in rows for k, p, thw in r.pixels if k == kind]
@@ -309,7 +316,7 @@ class Processor:
         pv, ig = cat(IMAGE)
         pvv, vg = cat(VIDEO)
         cp = torch.tensor(cot_predict, dtype=torch.long).reshape(-1, 2)
-        return Batch(input_ids, type_ids, mask, position_ids, pv, ig, pvv, vg, embed_index,
+        return Batch(input_ids, type_ids, mask, position_ids, pv, ig, pvv, vg, torch.tensor(embed_index),
                      torch.tensor([len(s) - 1 for s in seqs]), cp, torch.tensor(cot_labels, dtype=torch.long),
                      torch.tensor(cot_rows, dtype=torch.long))
 

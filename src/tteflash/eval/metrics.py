@@ -17,6 +17,8 @@ def target_rank(scores, target: int) -> int:
     """1-based rank of the target; ties count against it."""
     s = np.asarray(scores, dtype=np.float64)
     t = s[target]
+    if np.isnan(t):
+        return len(s)
     return 1 + int((s > t).sum()) + int((s == t).sum()) - 1
 
 

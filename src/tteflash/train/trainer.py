@@ -135,7 +135,7 @@ def train(model, cfg: TrainConfig, out_dir: str, examples_for_step: Callable[[in
         torch.set_rng_state(saved["torch_rng"])
         state = saved["state"]
     model.train()
-    pending: dict[str, list[float]] = {}
+    pending: dict[str, list[float]] = state.setdefault("pending", {})  # losses since the last log line
     bar = tqdm(range(state["step"], cfg.steps), initial=state["step"], total=cfg.steps, desc=desc,
                disable=not progress, dynamic_ncols=True)
     t0 = time.perf_counter()
@@ -147,7 +147,7 @@ def train(model, cfg: TrainConfig, out_dir: str, examples_for_step: Callable[[in
         opt.step()
         sched.step()
         for k, v in losses.items():
-            pending.setdefault(k, []).append(float(v))
+            pending.setdefault(k, []).append(float(v.detach()))
         state["step"] = step + 1
         if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
             line = {"step": state["step"], "lr": sched.get_last_lr()[0], **{k: float(np.mean(v)) for k, v in pending.items()}}
@@ -155,7 +155,7 @@ def train(model, cfg: TrainConfig, out_dir: str, examples_for_step: Callable[[in
             bar.set_postfix({k: f"{v:.3f}" for k, v in line.items() if k not in ("step", "lr")})
             with open(os.path.join(out_dir, "log.jsonl"), "a") as f:
                 f.write(json.dumps(line) + "\n")
-            pending = {}
+            pending = state["pending"] = {}
         done = state["step"] == cfg.steps or (stop_after is not None and state["step"] >= stop_after)
         if state["step"] % cfg.checkpoint_every == 0 or done:
             state["train_seconds"] += time.perf_counter() - t0

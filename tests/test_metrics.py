@@ -1,0 +1,118 @@
+"""Ranking metrics and the evaluation loop against hand-worked cases."""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from tteflash.eval.evaluate import content_key, evaluate
+from tteflash.eval.metrics import METRICS, aggregate, mean_metrics, metrics_from_rank, target_rank
+
+from conftest import random_image
+
+
+@pytest.mark.parametrize("scores,target,rank", [
+    ([0.9, 0.1, 0.5], 0, 1),
+    ([0.1, 0.9, 0.5], 2, 2),
+    ([0.1, 0.9, 0.5], 0, 3),
+    ([0.3, 0.3, 0.1], 0, 2),        # tied with one other: counts against the target
+    ([0.3, 0.3, 0.1], 1, 2),        # ... whichever of the two is the target
+    ([0.7, 0.3, 0.7, 0.7], 2, 3),   # tied with two others
+    ([0.2, 0.2, 0.2, 0.2], 0, 4),   # all equal: last
+    ([0.9, 0.3, 0.3, 0.1], 1, 3),   # one above, one tied
+    ([-1.0, -2.0], 1, 2),
+])
+def test_target_rank(scores, target, rank):
+    assert target_rank(scores, target) == rank
+    assert target_rank(np.asarray(scores, np.float32), target) == rank
+
+
+def test_metrics_from_rank_hand_values():
+    assert metrics_from_rank(1) == {"hit@1": 1.0, "hit@5": 1.0, "ndcg@5": 1.0, "mrr": 1.0}
+    m2 = metrics_from_rank(2)
+    assert m2["hit@1"] == 0.0 and m2["hit@5"] == 1.0
+    assert m2["ndcg@5"] == pytest.approx(0.6309297535714575)  # 1 / log2(3)
+    assert m2["mrr"] == 0.5
+    assert metrics_from_rank(3) == pytest.approx({"hit@1": 0.0, "hit@5": 1.0, "ndcg@5": 0.5, "mrr": 1 / 3})
+    m5 = metrics_from_rank(5)
+    assert m5["hit@5"] == 1.0 and m5["ndcg@5"] == pytest.approx(1 / math.log2(6)) and m5["mrr"] == 0.2
+    assert metrics_from_rank(6) == pytest.approx({"hit@1": 0.0, "hit@5": 0.0, "ndcg@5": 0.0, "mrr": 1 / 6})
+    assert set(metrics_from_rank(4)) == set(METRICS)
+
+
+def test_mean_metrics():
+    got = mean_metrics([metrics_from_rank(1), metrics_from_rank(3)])
+    assert got == pytest.approx({"hit@1": 0.5, "hit@5": 1.0, "ndcg@5": 0.75, "mrr": 2 / 3})
+    assert mean_metrics([]) == {m: 0.0 for m in METRICS}
+
+
+def test_aggregate_groups_and_overall():
+    per_task = {
+        "t1": {"hit@1": 1.0, "hit@5": 1.0, "ndcg@5": 1.0, "mrr": 1.0},
+        "t2": {"hit@1": 0.0, "hit@5": 1.0, "ndcg@5": 0.5, "mrr": 0.5},
+        "t3": {"hit@1": 0.0, "hit@5": 0.0, "ndcg@5": 0.0, "mrr": 0.1},
+    }
+    groups = {"t1": "A", "t2": "A", "t3": "B"}
+    by_group, overall = aggregate(per_task, groups)
+    assert by_group["A"] == pytest.approx({"hit@1": 0.5, "hit@5": 1.0, "ndcg@5": 0.75, "mrr": 0.75})
+    assert by_group["B"] == pytest.approx(per_task["t3"])
+    # overall is the mean over tasks (1/3 each), not over groups (which would give hit@1 0.25)
+    assert overall == pytest.approx({"hit@1": 1 / 3, "hit@5": 2 / 3, "ndcg@5": 0.5, "mrr": 1.6 / 3})
+    assert set(by_group) == {"A", "B"}
+
+
+def test_nan_target_score_ranks_last():
+    rank = target_rank([0.5, float("nan"), 0.1], 1)
+    assert 1 <= rank <= 3
+    assert metrics_from_rank(rank)["hit@1"] == 0.0
+
+
+class _FakeModel:
+    """encode(): queries get fixed vectors, documents a one-hot of the digit in their text."""
+
+    def __init__(self, query_vectors):
+        self.query_vectors = query_vectors
+        self.calls = []
+
+    def encode(self, items, batch_size=32, role="query", cot=None, show_progress_bar=None):
+        self.calls.append((role, len(items), cot))
+        if role == "query":
+            return np.asarray([self.query_vectors[it["text"]] for it in items], np.float32)
+        return np.asarray([np.eye(4)[int(it["text"][-1])] for it in items], np.float32)
+
+
+def test_evaluate_end_to_end_with_fake_model():
+    cands = [{"text": f"c{i}"} for i in range(4)]
+    ex = lambda task, q, target, order: SimpleNamespace(  # noqa: E731
+        task=task, query={"text": q}, cot=f"cot {q}", candidates=[cands[i] for i in order], target=target)
+    examples = [
+        ex("t1", "qa", 1, [0, 1, 2, 3]),  # target c1 scores 0.9, best -> rank 1
+        ex("t1", "qb", 0, [2, 3, 1, 0]),  # target c2 scores 0.5 < c1 0.9 -> rank 2
+        ex("t2", "qc", 3, [1, 2, 3, 0]),  # target c0 ties c1 -> rank 2
+    ]
+    model = _FakeModel({"qa": [0.1, 0.9, 0.5, 0.0], "qb": [0.0, 0.9, 0.5, 0.0], "qc": [0.5, 0.5, 0.0, 0.0]})
+    res = evaluate(model, examples, {"t1": "G1", "t2": "G2"}, batch_size=8, gold_cot=True, b1_queries=2)
+    assert res["n_queries"] == 3 and res["n_unique_candidates"] == 4  # shared candidates encoded once
+    assert res["by_task"]["t1"] == pytest.approx(
+        {"hit@1": 0.5, "hit@5": 1.0, "ndcg@5": (1 + 1 / math.log2(3)) / 2, "mrr": 0.75})
+    assert res["by_task"]["t2"] == pytest.approx(metrics_from_rank(2))
+    assert res["by_group"]["G2"] == pytest.approx(metrics_from_rank(2))
+    assert res["overall"]["hit@1"] == pytest.approx(0.25)  # mean over the two tasks
+    assert res["encode_ms_per_query"] >= 0 and res["encode_ms_per_query_b1"] >= 0
+    docs = [c for c in model.calls if c[0] == "document"]
+    assert docs == [("document", 4, None)]
+    queries = [c for c in model.calls if c[0] == "query"]
+    assert ("query", 3, ["cot qa", "cot qb", "cot qc"]) in queries  # gold CoTs passed through
+    assert all(c[2] is not None and len(c[2]) == c[1] for c in queries)
+
+
+def test_content_key_identity():
+    img = random_image(28, 28, 0)
+    same = random_image(28, 28, 0)
+    other = random_image(28, 28, 1)
+    assert content_key({"text": "a", "image": img}) == content_key({"text": "a", "image": same})
+    assert content_key({"text": "a", "image": img}) != content_key({"text": "a", "image": other})
+    assert content_key({"text": "a"}) != content_key({"text": "b"})
+    assert content_key({"video": [img, other]}) != content_key({"video": [other, img]})

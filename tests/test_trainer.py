@@ -1,0 +1,152 @@
+"""The training loop: losses go down, exact resume, checkpoint hygiene, schedule, contrastive_step wiring."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from tteflash.config import TTEFlashConfig
+from tteflash.losses import info_nce
+from tteflash.model import TTEFlashModel
+from tteflash.train.trainer import TrainConfig, contrastive_step, lr_lambda, train
+
+
+@pytest.fixture(scope="module")
+def initial(fresh_backbone):
+    """Initial weights of a private K=4 model; each run starts from a fresh model loaded with them."""
+    m = TTEFlashModel(fresh_backbone(seed=3), TTEFlashConfig(think_tokens=4))
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+@pytest.fixture
+def new_model(fresh_backbone, initial):
+    def make():
+        m = TTEFlashModel(fresh_backbone(seed=0), TTEFlashConfig(think_tokens=4))
+        m.load_state_dict(initial)
+        return m
+    return make
+
+
+def _cfg(**kw):
+    base = dict(steps=6, batch_size=8, lr=3e-3, warmup_steps=1, log_every=1, checkpoint_every=100,
+                temperature=0.1, hard_negatives=1, seed=0)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_a_few_steps_lower_both_losses(new_model, train_examples, tmp_path):
+    model = new_model()
+    visual_before = {k: v.clone() for k, v in model.vlm.model.visual.state_dict().items()}
+    lm_before = model.vlm.model.language_model.layers[0].mlp.up_proj.weight.clone()
+    hist = train(model, _cfg(steps=15), str(tmp_path), lambda step: train_examples, progress=False)
+    h = hist["history"]
+    assert [line["step"] for line in h] == list(range(1, 16))
+    first, last = h[0], h[-1]
+    assert {"contrastive", "cot", "loss", "lr"} <= set(first)
+    assert last["contrastive"] < 0.8 * first["contrastive"], (first, last)
+    assert last["cot"] < 0.9 * first["cot"], (first, last)
+    assert first["loss"] == pytest.approx(first["contrastive"] + first["cot"], rel=1e-5)
+    # the vision tower is frozen (freeze_vision=True), the language model moved
+    for k, v in model.vlm.model.visual.state_dict().items():
+        assert torch.equal(v, visual_before[k]), k
+    assert not torch.equal(model.vlm.model.language_model.layers[0].mlp.up_proj.weight, lm_before)
+    lines = [json.loads(s) for s in open(tmp_path / "log.jsonl")]
+    assert [line["step"] for line in lines] == list(range(1, 16)) and lines[-1] == h[-1]
+    assert os.path.exists(tmp_path / "checkpoint.pt") and not os.path.exists(tmp_path / "checkpoint.pt.tmp")
+    assert not model.training
+
+
+def _assert_same_run(a_model, a_hist, b_model, b_hist):
+    sa, sb = a_model.state_dict(), b_model.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], atol=1e-6, rtol=0, msg=k)
+    assert a_hist["step"] == b_hist["step"]
+    assert len(a_hist["history"]) == len(b_hist["history"])
+    for la, lb in zip(a_hist["history"], b_hist["history"]):
+        assert la.keys() == lb.keys()
+        for k in la:
+            assert la[k] == pytest.approx(lb[k], rel=1e-6, abs=1e-7), (k, la, lb)
+
+
+def test_resume_after_interruption_continues_the_same_run(new_model, train_examples, tmp_path):
+    data = lambda step: train_examples[step % 2 * 4:][:4]  # noqa: E731  (step-dependent data)
+    cfg = _cfg(steps=6, batch_size=4)
+    a = new_model()
+    hist_a = train(a, cfg, str(tmp_path / "a"), data, progress=False)
+
+    b_dir = str(tmp_path / "b")
+    b1 = new_model()
+    part = train(b1, cfg, b_dir, data, progress=False, stop_after=3)
+    assert part["step"] == 3 and len(part["history"]) == 3
+    assert os.path.exists(os.path.join(b_dir, "checkpoint.pt"))
+    b2 = new_model()  # a new process: fresh model from the same initial weights, same out_dir
+    hist_b = train(b2, cfg, b_dir, data, progress=False)
+    assert hist_b["step"] == 6
+    _assert_same_run(a, hist_a, b2, hist_b)
+    # an interrupted-and-resumed run differs from the initial weights (it did train)
+    assert not torch.equal(b2.vlm.model.language_model.norm.weight, new_model().vlm.model.language_model.norm.weight)
+    # a finished run resumes to a no-op
+    again = train(new_model(), cfg, b_dir, data, progress=False)
+    assert again["step"] == 6 and again["history"] == hist_b["history"]
+
+
+def test_resume_between_log_lines_keeps_history(new_model, train_examples, tmp_path):
+    data = lambda step: train_examples[step % 2 * 4:][:4]  # noqa: E731
+    cfg = _cfg(steps=4, batch_size=4, log_every=2)
+    a = new_model()
+    hist_a = train(a, cfg, str(tmp_path / "a"), data, progress=False)
+    train(new_model(), cfg, str(tmp_path / "b"), data, progress=False, stop_after=3)
+    b = new_model()
+    hist_b = train(b, cfg, str(tmp_path / "b"), data, progress=False)
+    _assert_same_run(a, hist_a, b, hist_b)
+
+
+def test_resume_with_other_config_is_refused(new_model, train_examples, tmp_path):
+    data = lambda step: train_examples[:2]  # noqa: E731
+    train(new_model(), _cfg(steps=2, batch_size=2), str(tmp_path), data, progress=False, stop_after=1)
+    with pytest.raises(ValueError, match="another TrainConfig"):
+        train(new_model(), _cfg(steps=2, batch_size=2, lr=1e-3), str(tmp_path), data, progress=False)
+
+
+def test_lr_schedule_hand_values():
+    f = lr_lambda(TrainConfig(steps=10, warmup_steps=2))
+    assert [f(0), f(1)] == pytest.approx([0.5, 1.0])
+    assert f(2) == pytest.approx(1.0)
+    assert f(6) == pytest.approx(0.55)  # halfway through the cosine: 0.1 + 0.9 * 0.5
+    assert f(10) == pytest.approx(0.1) and f(50) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        TrainConfig(schedule="alternate")
+
+
+def test_contrastive_step_deduplicates_targets(model8, train_examples, no_grad_leak):
+    """Two copies of an example: one target row, shared by both queries, never its own negative."""
+    ex, other = train_examples[0], train_examples[2]
+    cfg = TrainConfig(batch_size=3, hard_negatives=1, temperature=0.5, cot_weight=0.0)
+    seen = {}
+    real_forward = type(model8).forward
+
+    def spy(self, batch):
+        out = real_forward(self, batch)
+        seen["batch"], seen["out"] = batch, out
+        return out
+
+    with torch.no_grad():
+        type(model8).forward = spy
+        try:
+            res = contrastive_step(model8, [ex, ex, other], cfg)
+        finally:
+            type(model8).forward = real_forward
+    assert set(res) == {"contrastive", "loss"}  # cot_weight 0: no CoT rows, no CoT loss
+    emb = seen["out"].embeddings
+    n_docs = emb.shape[0] - 3
+    assert n_docs == 4  # ex: target + hard negative (shared by both copies); other: target + hard negative
+    assert len(seen["batch"].cot_labels) == 0
+    expected = info_nce(emb[:3], emb[3:], torch.tensor([0, 0, 2]), 0.5)
+    assert res["contrastive"].item() == pytest.approx(expected.item(), abs=1e-6)
+    # with the CoT loss on, loss = contrastive + cot_weight * cot
+    res2 = contrastive_step(model8, [ex, other], TrainConfig(cot_weight=0.5, hard_negatives=0))
+    assert res2["loss"].item() == pytest.approx(res2["contrastive"].item() + 0.5 * res2["cot"].item(), rel=1e-5)
+    np.testing.assert_array_less(0, res2["cot"].item())
