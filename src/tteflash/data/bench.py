@@ -145,6 +145,12 @@ def _objs(scene: R.Scene) -> list:
     return [o for o in scene if o is not None]  # reading (row-major) order
 
 
+def _listed(scene: R.Scene) -> list:
+    """Objects in canonical (colour, shape) order for captions and CoTs: naming a set of objects then
+    needs no spatial readout, which a small model without absolute visual positions learns slowly."""
+    return sorted(_objs(scene), key=lambda o: (COLOR_NAMES.index(o[0]), SHAPES.index(o[1])))
+
+
 def _name(obj) -> str:
     return f"{obj[0]} {obj[1]}"
 
@@ -269,7 +275,7 @@ def _count_vqa(c: _Ctx) -> _Draft:
     objs = rng.sample([o for o in OBJECTS if o[0] == colour], k) + \
         rng.sample([o for o in OBJECTS if o[0] != colour], n - k)
     scene = _place(rng, objs)
-    shapes = [s for col, s in _objs(scene) if col == colour]
+    shapes = [s for col, s in _listed(scene) if col == colour]
     return _Draft(
         query={"text": f"how many {colour} objects are there ?", "image": R.render_scene(scene)},
         cot=f"{colour} objects : {' , '.join(shapes) or 'none'} . count {k}",
@@ -307,7 +313,7 @@ def _i2t_count_caption(c: _Ctx) -> _Draft:
     present = [col for col, _ in ranked[1:]]
     return _Draft(
         query={"text": "find the caption of this image", "image": R.render_scene(scene)},
-        cot=f"{_names(_objs(scene))} . {n} objects . {top} {m}",
+        cot=f"{_names(_listed(scene))} . {n} objects . {top} {m}",
         target=caption(n, top),
         distractors=_hard([caption(n - 1, top), caption(n + 1, top), *(caption(n, x) for x in present)]),
         fill=lambda r: caption(r.randint(2, 9), r.choice(COLOR_NAMES)), kind="text", meta={"scene": scene})
@@ -351,7 +357,7 @@ def _composed_edit(c: _Ctx) -> _Draft:
     wrong_colour = [recolour(i, x) for x in rng.sample(COLOR_NAMES, len(COLOR_NAMES)) if x not in (old, new)]
     return _Draft(
         query={"text": f"make the {shape} {new}", "image": R.render_scene(scene)},
-        cot=f"the {shape} is {old} . it becomes {new} . {_names(_objs(target))}",
+        cot=f"the {shape} is {old} . it becomes {new} . {_names(_listed(target))}",
         target=target, distractors=_hard([scene, *wrong_object, *wrong_colour]),
         fill=lambda r: _random_scene(r, 3, 5), kind="scene",
         meta={"scene": scene, "shape": shape, "colour": new})
@@ -453,7 +459,7 @@ def perception_example(kind: str, rng: random.Random, max_objects: int = 9) -> t
     c = _Ctx(rng, "train")
     if kind == "scene":
         scene = _random_scene(rng, 1, min(max_objects, R.GRID * R.GRID))
-        return {"image": R.render_scene(scene)}, _names(_objs(scene))
+        return {"image": R.render_scene(scene)}, _names(_listed(scene))
     if kind in ("digits", "video"):
         ds = [rng.randrange(10) for _ in range(2 if kind == "digits" else 4)]
         inp = {"image": c.pair(*ds)} if kind == "digits" else {"video": c.video(ds)}
