@@ -68,11 +68,11 @@ def perception_step(model, data, cfg: TrainConfig) -> dict:
     return {"loss": out.cot_loss + cfg.cot_weight * con, "generative": out.cot_loss, "contrastive": con}
 
 
-def build_base(out: str, steps: int = 3600, seed: int = 0, progress: bool = True,
-               hidden_size: int = 256, layers: int = 4) -> dict:
+def build_base(out: str, steps: int = 3600, seed: int = 0, progress: bool = True, **backbone_kwargs) -> dict:
+    """Train and save the base; `backbone_kwargs` go to build_tiny_backbone (default: 256 hidden, 4 layers)."""
     t0 = time.time()
     tokenizer = train_tiny_tokenizer(bench.corpus_texts(), vocab_size=640, max_think_tokens=32)
-    backbone = build_tiny_backbone(tokenizer, hidden_size=hidden_size, layers=layers, seed=seed)
+    backbone = build_tiny_backbone(tokenizer, seed=seed, **backbone_kwargs)
     model = TTEFlashModel(backbone, TTEFlashConfig(think_tokens=0, max_text_tokens=64, max_cot_tokens=48))
     work = out + ".work"
     cfg = TrainConfig(steps=steps, batch_size=32, lr=1.5e-3, warmup_steps=min(200, steps // 10), temperature=0.07,

@@ -1,0 +1,54 @@
+"""End to end on a tiny base: `make base` and `make demo` code paths, results layout, reuse, CLI."""
+import json
+
+import numpy as np
+import pytest
+
+from tteflash.cli import main as cli
+from tteflash.train.base import build_base
+from tteflash.train.demo import METHODS, run_demo
+from tteflash.train.trainer import TrainConfig
+
+from conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    out = tmp_path_factory.mktemp("base") / "base"
+    info = build_base(str(out), steps=2, progress=False, **TINY)
+    assert info["steps"] == 2 and (out / "model.safetensors").exists()
+    assert not (out.parent / "base.work").exists()  # the work folder is removed once the base is written
+    return str(out)
+
+
+def test_demo_writes_results_in_the_documented_layout(tiny_base, tmp_path):
+    cfg = TrainConfig(steps=2, batch_size=4, hard_negatives=2, log_every=1)
+    results = run_demo(tiny_base, str(tmp_path), cfg, n_test=2, progress=False)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["methods"].keys() == {*METHODS, "explicit_cot_oracle"}
+    b = saved["benchmark"]
+    assert b["n_test_queries"] == 18 and len(b["tasks"]) == 9 and b["chance_hit@1"] == pytest.approx(0.1)
+    assert {"device", "torch", "transformers"} <= saved["environment"].keys()
+    for name, r in saved["methods"].items():
+        assert set(r["overall"]) == {"hit@1", "hit@5", "ndcg@5", "mrr"}
+        assert all(0 <= v <= 1 for v in r["overall"].values())
+        assert len(r["by_task"]) == 9 and len(r["by_group"]) == 6
+        assert r["encode_ms_per_query"] > 0 and r["encode_ms_per_query_b1"] > 0 and r["train_seconds"] > 0
+    for name in ("tte_flash_k8", "explicit_cot"):
+        assert saved["methods"][name]["cot_loss_first"] > 0
+    assert "cot_loss_first" not in saved["methods"]["no_think"]
+    report = (tmp_path / "report.md").read_text()
+    assert all(name in report for name in saved["methods"])
+    # a second run reuses every finished method instead of retraining
+    again = run_demo(tiny_base, str(tmp_path), cfg, n_test=2, progress=False)
+    assert again["methods"] == results["methods"]
+
+
+def test_cli_encode_writes_npy_and_reports_bad_input(tiny_base, tmp_path, capsys):
+    out = tmp_path / "e.npy"
+    assert cli(["encode", "--model", tiny_base, "--out", str(out), "red circle", "digits 7 2"]) == 0
+    emb = np.load(out)
+    assert emb.shape[0] == 2 and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    bad = tmp_path / "bad.npy"
+    assert cli(["encode", "--model", tiny_base, "--out", str(bad), "ok", "   "]) == 2
+    assert "input 1" in capsys.readouterr().err and not bad.exists()
