@@ -200,8 +200,13 @@ def test_render_pixels():
     assert scene.getpixel((42, 14)) == R.COLORS["blue"] and scene.getpixel((70, 70)) == R.COLORS["red"]
     assert scene.getpixel((14, 14)) == R.BG
     page = R.render_page((("apple", 7), ("pear", 2), ("plum", 5)))
-    assert page.size == (112, 84) and page.getpixel((0, 0)) == (255, 255, 255)
+    assert page.size == (112, 84)
+    assert [page.getpixel((0, 28 * r)) for r in range(3)] == R.ROW_TINTS  # zebra rows: the row cue
     assert np.asarray(page.crop((84, 0, 112, 28)).convert("L")).min() < 50  # the number is drawn there
+    pair = R.render_digit_pair(np.zeros((8, 8)), np.zeros((8, 8)))
+    assert pair.getpixel((0, 0)) == R.PAIR_TINTS[0] and pair.getpixel((55, 0)) == R.PAIR_TINTS[1]
+    frames = [R.render_digit_frame(np.zeros((8, 8)), i) for i in range(4)]
+    assert [f.getpixel((0, 0)) for f in frames] == R.FRAME_TINTS  # each frame carries its index
 
 
 def test_corpus_texts_cover_vocab():

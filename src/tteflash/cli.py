@@ -20,7 +20,7 @@ def main(argv=None) -> int:
 
     base = sub.add_parser("base", help="pretrain the small base checkpoint (perception, language, alignment)")
     base.add_argument("--out", default="checkpoints/base")
-    base.add_argument("--steps", type=int, default=3600, help="optimizer steps (about 40 minutes on 2 cores)")
+    base.add_argument("--steps", type=int, default=3200, help="optimizer steps (about 36 minutes on 2 cores)")
     base.add_argument("--seed", type=int, default=0)
 
     enc = sub.add_parser("encode", help="embed texts (one per line of a file, or arguments) and save a .npy")

@@ -123,7 +123,7 @@ class _Ctx:
         return R.render_digit_pair(self.digit(a), self.digit(b))
 
     def video(self, ds: Iterable[int]):
-        return [R.render_digit_frame(self.digit(d)) for d in ds]
+        return [R.render_digit_frame(self.digit(d), i) for i, d in enumerate(ds)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -78,17 +78,32 @@ def digit_tile(digit: np.ndarray, w: int, h: int) -> Image.Image:
     return Image.fromarray(arr, "L").resize((w, h), Image.Resampling.BILINEAR)
 
 
+# Position cues. Qwen2-VL's vision features carry no absolute position (RoPE puts position in the
+# attention scores only), and a small model learns "which digit is left" or "which number sits in the
+# apple row" very slowly from positions alone. So the images carry the cue visibly, as real documents
+# often do: tinted halves for digit pairs, a tint per video frame, zebra-striped table rows.
+PAIR_TINTS = [(0, 0, 110), (110, 0, 0)]                        # left, right
+FRAME_TINTS = [(110, 0, 0), (0, 110, 0), (0, 0, 110), (110, 110, 0)]
+ROW_TINTS = [(255, 215, 215), (215, 255, 215), (215, 215, 255)]
+
+
+def _tinted(tile: Image.Image, tint) -> Image.Image:
+    """White strokes over a coloured background."""
+    a = np.asarray(tile, dtype=np.float32)[..., None] / 255.0
+    return Image.fromarray(np.rint(np.asarray(tint, np.float32) * (1 - a) + 255.0 * a).astype(np.uint8), "RGB")
+
+
 def render_digit_pair(a: np.ndarray, b: np.ndarray) -> Image.Image:
-    """56x56: digit `a` fills the left half (28x56), digit `b` the right half."""
-    img = Image.new("L", (2 * CELL, 2 * CELL), 0)
-    img.paste(digit_tile(a, CELL, 2 * CELL), (0, 0))
-    img.paste(digit_tile(b, CELL, 2 * CELL), (CELL, 0))
-    return img.convert("RGB")
+    """56x56: digit `a` fills the left half (28x56), digit `b` the right half, each on its own tint."""
+    img = Image.new("RGB", (2 * CELL, 2 * CELL))
+    img.paste(_tinted(digit_tile(a, CELL, 2 * CELL), PAIR_TINTS[0]), (0, 0))
+    img.paste(_tinted(digit_tile(b, CELL, 2 * CELL), PAIR_TINTS[1]), (CELL, 0))
+    return img
 
 
-def render_digit_frame(digit: np.ndarray) -> Image.Image:
-    """One 56x56 video frame filled by a single digit."""
-    return digit_tile(digit, 2 * CELL, 2 * CELL).convert("RGB")
+def render_digit_frame(digit: np.ndarray, index: int) -> Image.Image:
+    """Video frame `index`: 56x56 filled by a single digit on that frame's tint."""
+    return _tinted(digit_tile(digit, 2 * CELL, 2 * CELL), FRAME_TINTS[index % len(FRAME_TINTS)])
 
 
 @lru_cache(maxsize=1)
@@ -97,11 +112,12 @@ def _font() -> ImageFont.FreeTypeFont:
 
 
 def render_page(rows: Page) -> Image.Image:
-    """112x84 white page, one 28-px row per (item, value): word in the left 84 px, value centred
+    """112x84 page, one zebra-striped 28-px row per (item, value): word in the left 84 px, value centred
     in the right 28x28 cell."""
     img = Image.new("RGB", (4 * CELL, len(rows) * CELL), (255, 255, 255))
     draw, font = ImageDraw.Draw(img), _font()
     for r, (item, value) in enumerate(rows):
+        draw.rectangle((0, r * CELL, 4 * CELL - 1, (r + 1) * CELL - 1), fill=ROW_TINTS[r % len(ROW_TINTS)])
         y = r * CELL + CELL // 2
         draw.text((3, y), item, fill=(0, 0, 0), font=font, anchor="lm")
         draw.text((3 * CELL + CELL // 2, y), str(value), fill=(0, 0, 0), font=font, anchor="mm")
