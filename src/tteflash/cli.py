@@ -16,6 +16,7 @@ def main(argv=None) -> int:
     demo.add_argument("--base", default="checkpoints/base", help="base checkpoint directory")
     demo.add_argument("--out", default="runs/demo", help="output directory (finished methods are reused)")
     demo.add_argument("--n-test", type=int, default=None, help="test queries per task (default: the full split)")
+    demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     add_arguments(demo, TrainConfig)
 
     base = sub.add_parser("base", help="pretrain the small base checkpoint (perception, language, alignment)")
@@ -33,7 +34,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.command == "demo":
         from .train.demo import run_demo
-        run_demo(a.base, a.out, from_args(TrainConfig, a), n_test=a.n_test)
+        run_demo(a.base, a.out, from_args(TrainConfig, a), n_test=a.n_test, device=a.device)
     elif a.command == "base":
         from .train.base import build_base
         build_base(a.out, steps=a.steps, seed=a.seed)

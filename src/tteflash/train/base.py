@@ -81,12 +81,13 @@ def perception_report(model, n: int = 40, seed: int = 12345) -> dict:
     return report
 
 
-def build_base(out: str, steps: int = 3200, seed: int = 0, progress: bool = True, **backbone_kwargs) -> dict:
+def build_base(out: str, steps: int = 3200, seed: int = 0, progress: bool = True, device: str = "cpu",
+               **backbone_kwargs) -> dict:
     """Train and save the base; `backbone_kwargs` go to build_tiny_backbone (default: 256 hidden, 4 layers)."""
     t0 = time.time()
     tokenizer = train_tiny_tokenizer(bench.corpus_texts(), vocab_size=640, max_think_tokens=32)
     backbone = build_tiny_backbone(tokenizer, seed=seed, **backbone_kwargs)
-    model = TTEFlashModel(backbone, TTEFlashConfig(think_tokens=0, max_text_tokens=64, max_cot_tokens=48))
+    model = TTEFlashModel(backbone, TTEFlashConfig(think_tokens=0, max_text_tokens=64, max_cot_tokens=48)).to(device)
     work = out + ".work"
     cfg = TrainConfig(steps=steps, batch_size=32, lr=1.5e-3, warmup_steps=min(200, steps // 10), temperature=0.07,
                       cot_weight=1.0, freeze_vision=False, checkpoint_every=200, log_every=25, seed=seed)
@@ -113,8 +114,9 @@ def main(argv=None):
     ap.add_argument("--out", default="checkpoints/base")
     ap.add_argument("--steps", type=int, default=3200, help="optimizer steps (about 36 minutes on 2 cores)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
     a = ap.parse_args(argv)
-    print(json.dumps(build_base(a.out, a.steps, a.seed), indent=2))
+    print(json.dumps(build_base(a.out, a.steps, a.seed, device=a.device), indent=2))
 
 
 if __name__ == "__main__":

@@ -41,12 +41,13 @@ def _loss_ends(history: list[dict], key: str) -> tuple[float | None, float | Non
     return float(np.mean(vals[:n])), float(np.mean(vals[-n:]))
 
 
-def run_method(name: str, base: str, out: str, cfg: TrainConfig, test, groups, progress=True) -> dict:
+def run_method(name: str, base: str, out: str, cfg: TrainConfig, test, groups, progress=True,
+               device: str = "cpu") -> dict:
     done = os.path.join(out, name, "result.json")
     if os.path.exists(done):  # finished methods are not recomputed
         return json.load(open(done))
     overrides, trains_cot = METHODS[name]
-    model = TTEFlashModel.from_pretrained(base, overrides)
+    model = TTEFlashModel.from_pretrained(base, overrides, device=device)
     mcfg = dataclasses.replace(cfg, cot_weight=cfg.cot_weight if trains_cot else 0.0)
     state = train(model, mcfg, os.path.join(out, name), lambda s: examples_for_step(s, cfg.batch_size),
                   progress=progress, desc=name)
@@ -93,21 +94,21 @@ def report(results: dict) -> str:
 
 
 def run_demo(base: str = "checkpoints/base", out: str = "runs/demo", cfg: TrainConfig | None = None,
-             n_test: int | None = None, progress: bool = True) -> dict:
+             n_test: int | None = None, progress: bool = True, device: str | None = None) -> dict:
     if not os.path.exists(os.path.join(base, "model.safetensors")):
         raise SystemExit(f"no base checkpoint at {base!r}: run `make base` first")
     cfg = cfg or TrainConfig()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     test = bench.load_split("test", n_per_task=n_test)
     groups = {t.name: t.group for t in bench.TASKS}
     methods = {}
     for name in METHODS:
-        methods.update(run_method(name, base, out, cfg, test, groups, progress))
+        methods.update(run_method(name, base, out, cfg, test, groups, progress, device))
     results = {
         "benchmark": {"name": bench.BENCH_NAME, "version": bench.BENCH_VERSION, "n_test_queries": len(test),
                       "chance_hit@1": float(np.mean([1 / len(ex.candidates) for ex in test])),
                       "tasks": [dataclasses.asdict(t) for t in bench.TASKS]},
-        "environment": {"device": "cuda" if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, {platform.machine()})",
+        "environment": {"device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores, {platform.machine()})",
                         "torch": torch.__version__, "transformers": transformers.__version__},
         "train_config": dataclasses.asdict(cfg),
         "methods": methods,
