@@ -82,14 +82,14 @@ def perception_report(model, n: int = 40, seed: int = 12345) -> dict:
 
 
 def build_base(out: str, steps: int = 3200, seed: int = 0, progress: bool = True, device: str = "cpu",
-               **backbone_kwargs) -> dict:
+               lr: float = 1.5e-3, **backbone_kwargs) -> dict:
     """Train and save the base; `backbone_kwargs` go to build_tiny_backbone (default: 256 hidden, 4 layers)."""
     t0 = time.time()
     tokenizer = train_tiny_tokenizer(bench.corpus_texts(), vocab_size=640, max_think_tokens=32)
     backbone = build_tiny_backbone(tokenizer, seed=seed, **backbone_kwargs)
     model = TTEFlashModel(backbone, TTEFlashConfig(think_tokens=0, max_text_tokens=64, max_cot_tokens=48)).to(device)
     work = out + ".work"
-    cfg = TrainConfig(steps=steps, batch_size=32, lr=1.5e-3, warmup_steps=min(200, steps // 10), temperature=0.07,
+    cfg = TrainConfig(steps=steps, batch_size=32, lr=lr, warmup_steps=min(200, steps // 10), temperature=0.07,
                       cot_weight=1.0, freeze_vision=False, checkpoint_every=200, log_every=25, seed=seed)
     curriculum = int(0.5 * steps)
     state = train(model, cfg, work, lambda s: base_examples(s, cfg, curriculum), step_fn=perception_step,
