@@ -125,12 +125,12 @@ def test_contrastive_step_deduplicates_targets(model8, train_examples, no_grad_l
     """Two copies of an example: one target row, shared by both queries, never its own negative."""
     ex, other = train_examples[0], train_examples[2]
     cfg = TrainConfig(batch_size=3, hard_negatives=1, temperature=0.5, cot_weight=0.0)
-    seen = {}
+    seen = []
     real_forward = type(model8).forward
 
     def spy(self, batch):
         out = real_forward(self, batch)
-        seen["batch"], seen["out"] = batch, out
+        seen.append((batch, out))
         return out
 
     with torch.no_grad():
@@ -140,11 +140,11 @@ def test_contrastive_step_deduplicates_targets(model8, train_examples, no_grad_l
         finally:
             type(model8).forward = real_forward
     assert set(res) == {"contrastive", "loss"}  # cot_weight 0: no CoT rows, no CoT loss
-    emb = seen["out"].embeddings
-    n_docs = emb.shape[0] - 3
-    assert n_docs == 4  # ex: target + hard negative (shared by both copies); other: target + hard negative
-    assert len(seen["batch"].cot_labels) == 0
-    expected = info_nce(emb[:3], emb[3:], torch.tensor([0, 0, 2]), 0.5)
+    (q_batch, q_out), (_, d_out) = seen  # queries and targets are separate forwards (no cross padding)
+    assert q_out.embeddings.shape[0] == 3
+    assert d_out.embeddings.shape[0] == 4  # ex: target + hard negative (shared by both copies); other: the same
+    assert len(q_batch.cot_labels) == 0
+    expected = info_nce(q_out.embeddings, d_out.embeddings, torch.tensor([0, 0, 2]), 0.5)
     assert res["contrastive"].item() == pytest.approx(expected.item(), abs=1e-6)
     # with the CoT loss on, loss = contrastive + cot_weight * cot
     res2 = contrastive_step(model8, [ex, other], TrainConfig(cot_weight=0.5, hard_negatives=0))

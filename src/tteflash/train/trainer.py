@@ -25,11 +25,11 @@ from ..losses import info_nce
 class TrainConfig:
     """Optimisation settings shared by every method (equal budgets = equal TrainConfig)."""
 
-    steps: int = 500
+    steps: int = 350
     """Optimizer steps."""
-    batch_size: int = 32
+    batch_size: int = 16
     """Queries per step (each brings its positive and hard negatives)."""
-    lr: float = 5e-4
+    lr: float = 1e-3
     """Peak AdamW learning rate."""
     warmup_steps: int = 25
     """Linear warm-up steps, then cosine decay to 10% of the peak."""
@@ -43,8 +43,8 @@ class TrainConfig:
     """lambda in loss = contrastive + lambda * CoT (schedule `joint`); 0 disables the CoT loss."""
     schedule: str = "joint"
     """How the two tasks are trained: `joint` (contrastive + lambda * CoT from one pass)."""
-    hard_negatives: int = 1
-    """Explicit hard negatives per query, taken from the example's hard-distractor list."""
+    hard_negatives: int = 9
+    """Hard negatives per query from its pool, the example's hard distractors first (9 = the whole pool)."""
     freeze_vision: bool = True
     """Keep the vision tower fixed (the base already perceives the images)."""
     checkpoint_every: int = 100
@@ -63,12 +63,16 @@ StepFn = Callable[[torch.nn.Module, list, TrainConfig], dict]
 
 
 def contrastive_step(model, examples, cfg: TrainConfig) -> dict:
-    """Query rows (with their CoT where the method trains one) and de-duplicated target rows, one forward."""
+    """Query rows (with their CoT where the method trains one) and de-duplicated target rows.
+
+    Queries and targets go through separate forwards: padded together, every short target row would
+    be padded to the longest query (think tokens + CoT), doubling the cost of a step."""
     train_cot = cfg.cot_weight > 0
     q_rows = [model.query_row(ex.query, f"{ex.task} query", cot=ex.cot, train_cot=train_cot) for ex in examples]
     keys, d_rows, positive = [], [], []
     for ex in examples:
-        wanted = [ex.target] + list(ex.hard_negatives[: cfg.hard_negatives])
+        rest = [i for i in range(len(ex.candidates)) if i != ex.target and i not in ex.hard_negatives]
+        wanted = [ex.target] + (list(ex.hard_negatives) + rest)[: cfg.hard_negatives]
         for j, c in enumerate(wanted):
             key = f"{ex.task}/{ex.cand_ids[c]}"
             if key not in keys:  # identical targets are encoded once and never act as negatives
@@ -76,14 +80,14 @@ def contrastive_step(model, examples, cfg: TrainConfig) -> dict:
                 d_rows.append(model.document_row(ex.candidates[c], f"{ex.task} candidate"))
             if j == 0:
                 positive.append(keys.index(key))
-    out = model(model.make_batch(q_rows + d_rows))
-    n = len(q_rows)
-    pos = torch.tensor(positive, device=out.embeddings.device)
-    con = info_nce(out.embeddings[:n], out.embeddings[n:], pos, cfg.temperature)
+    q_out = model(model.make_batch(q_rows))
+    docs = model(model.make_batch(d_rows)).embeddings
+    pos = torch.tensor(positive, device=docs.device)
+    con = info_nce(q_out.embeddings, docs, pos, cfg.temperature)
     result = {"contrastive": con, "loss": con}
-    if out.cot_loss is not None:
-        result["cot"] = out.cot_loss
-        result["loss"] = con + cfg.cot_weight * out.cot_loss
+    if q_out.cot_loss is not None:
+        result["cot"] = q_out.cot_loss
+        result["loss"] = con + cfg.cot_weight * q_out.cot_loss
     return result
 
 
