@@ -103,7 +103,8 @@ def test_determinism_across_processes():
             "print(*[digest(B.make_example(t, 'val', 3)) for t in B.TASK_NAMES])")
     here = " ".join(digest(B.make_example(t, "val", 3)) for t in B.TASK_NAMES)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": root}
+    path = [root, os.path.join(root, "src"), os.environ.get("PYTHONPATH", "")]  # works installed or not
+    env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": os.pathsep.join(p for p in path if p)}
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.split() == here.split()
 
