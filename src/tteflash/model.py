@@ -140,6 +140,7 @@ class TTEFlashModel(torch.nn.Module):
         inputs: a string, an image (path, PIL, array), a dict {text, image, video}, or a list of those.
         role: "query" (think tokens / CoT apply) or "document" (targets: plain [input][E]).
         cot: gold CoTs for the explicit-CoT oracle; without it an explicit-CoT model generates its CoT.
+        normalize_embeddings: accepted for sentence-transformers compatibility; embeddings are always unit length.
         """
         if role not in ("query", "document"):
             raise ValueError(f"role must be 'query' or 'document', got {role!r}")
@@ -166,8 +167,6 @@ class TTEFlashModel(torch.nn.Module):
                 rows = [self.query_row(x, n, think=think_tokens) for x, n in zip(part, names)]
             chunks.append(self(self.make_batch(rows)).embeddings)
         emb = torch.cat(chunks) if chunks else torch.zeros(0, dim)
-        if not normalize_embeddings:
-            pass  # embeddings are always unit length; the flag exists for API familiarity
         emb = emb[0] if single else emb
         return emb if convert_to_tensor else emb.cpu().numpy()
 
@@ -179,7 +178,8 @@ class TTEFlashModel(torch.nn.Module):
 
     @staticmethod
     def similarity(a, b) -> torch.Tensor:
-        a, b = torch.as_tensor(np.asarray(a)) if not torch.is_tensor(a) else a, torch.as_tensor(np.asarray(b)) if not torch.is_tensor(b) else b
+        """Cosine similarity matrix between two sets of embeddings (arrays or tensors)."""
+        a, b = (x if torch.is_tensor(x) else torch.as_tensor(np.asarray(x)) for x in (a, b))
         return F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T
 
     # ------------------------------------------------------------------ generation
