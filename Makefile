@@ -15,8 +15,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+test-slow: $(STAMP)  # exit status 5 = no slow test collected yet
+	$(PY) -m pytest -q -m slow || test $$? -eq 5
 
 base: $(STAMP)
 	$(PY) -m tteflash.cli base
