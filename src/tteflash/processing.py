@@ -175,17 +175,14 @@ class Processor:
             if tid is None or tid == tokenizer.unk_token_id:
                 break
             self._think_ids.append(tid)
+        # Tokens a generated CoT must not contain: vision placeholders, E, CoT start, think tokens.
+        self.never_generated = [self.vision_start, self.vision_end, self.image_token, self.video_token,
+                                self.embed_token, self.cot_start, *self._think_ids]
 
     # -- inputs
     @property
     def max_think_tokens(self) -> int:
         return len(self._think_ids)
-
-    @property
-    def never_generated(self) -> list[int]:
-        """Tokens a generated CoT must not contain: vision placeholders, E, CoT start, think tokens."""
-        return [self.vision_start, self.vision_end, self.image_token, self.video_token, self.embed_token,
-                self.cot_start, *self._think_ids]
 
     def normalise(self, item, name: str) -> dict:
         """Any supported input -> {"text", "image", "video"} (None where unused)."""

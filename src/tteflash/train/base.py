@@ -49,12 +49,14 @@ def perception_step(model, data, cfg: TrainConfig) -> dict:
     pairs, texts = data
     p = model.processor
     caption_rows, image_rows, text_rows, keys = [], [], [], []
+    describe = p.text_ids(DESCRIBE, "base prompt")
     for inp, caption in pairs:
-        r = p.prompt_row({**inp, "text": DESCRIBE}, "base image")
-        caption_rows.append(Row(r.prompt, r.prompt_types, r.pixels, inline_cot=p.cot_ids(caption), embed=False))
+        r = p.prompt_row(inp, "base image")  # patchified once, used by both rows
+        caption_rows.append(Row(r.prompt + describe, r.prompt_types + [0] * len(describe), r.pixels,
+                                inline_cot=p.cot_ids(caption), embed=False))
         if caption not in keys:  # identical captions (e.g. two crops of a blue circle) are one target
             keys.append(caption)
-            image_rows.append(p.prompt_row(inp, "base image"))
+            image_rows.append(r)
             text_rows.append(p.prompt_row(caption, "base caption"))
     lm_rows = []
     for t in texts:

@@ -41,11 +41,19 @@ def _loss_ends(history: list[dict], key: str) -> tuple[float | None, float | Non
     return float(np.mean(vals[:n])), float(np.mean(vals[-n:]))
 
 
+def _write_atomic(path: str, text: str) -> None:
+    """Write via a temporary file and rename: a kill never leaves a half-written result."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
 def run_method(name: str, base: str, out: str, cfg: TrainConfig, test, groups, progress=True,
                device: str = "cpu") -> dict:
     done = os.path.join(out, name, "result.json")
     if os.path.exists(done):  # finished methods are not recomputed
-        return json.load(open(done))
+        with open(done) as f:
+            return json.load(f)
     overrides, trains_cot = METHODS[name]
     model = TTEFlashModel.from_pretrained(base, overrides, device=device)
     mcfg = dataclasses.replace(cfg, cot_weight=cfg.cot_weight if trains_cot else 0.0)
@@ -60,10 +68,7 @@ def run_method(name: str, base: str, out: str, cfg: TrainConfig, test, groups, p
     if name == "explicit_cot":  # the oracle: the same model, gold CoT at test time
         result["explicit_cot_oracle"] = {**evaluate(model, test, groups, gold_cot=True),
                                          "train_seconds": state["train_seconds"], "train_steps": state["step"]}
-    tmp = done + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, done)
+    _write_atomic(done, json.dumps(result, indent=2))
     return result
 
 
@@ -113,10 +118,8 @@ def run_demo(base: str = "checkpoints/base", out: str = "runs/demo", cfg: TrainC
         "train_config": dataclasses.asdict(cfg),
         "methods": methods,
     }
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    _write_atomic(os.path.join(out, "results.json"), json.dumps(results, indent=2))
     text = report(results)
-    with open(os.path.join(out, "report.md"), "w") as f:
-        f.write(text)
+    _write_atomic(os.path.join(out, "report.md"), text)
     print(text)
     return results
