@@ -81,9 +81,14 @@ def load_backbone(name_or_path: str, *, dtype: torch.dtype | str = "auto", attn_
 
 
 def train_tiny_tokenizer(corpus: Iterable[str], vocab_size: int = 600, max_think_tokens: int = 32):
-    """A byte-level BPE trained in memory, wrapped as a Qwen2 tokenizer, with Qwen-VL's special tokens."""
+    """A byte-level BPE trained in memory, with Qwen-VL's special tokens.
+
+    Wrapped as the generic fast tokenizer, not `Qwen2Tokenizer`: on loading, the latter replaces the saved
+    pre-tokenizer with Qwen2's digit-splitting regex, so a checkpoint would tokenize differently from the
+    tokenizer its weights were trained with. The generic class keeps `tokenizer.json` authoritative.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Qwen2TokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     specials = [PAD_TOKEN, "<|im_start|>", "<|im_end|>", *VISION_TOKENS, *project_tokens(max_think_tokens)]
     bpe = Tokenizer(models.BPE())
@@ -92,7 +97,7 @@ def train_tiny_tokenizer(corpus: Iterable[str], vocab_size: int = 600, max_think
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     bpe.train_from_iterator(list(corpus), trainer)
-    tok = Qwen2TokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token=PAD_TOKEN,
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token=PAD_TOKEN,
                              unk_token=None, bos_token=None)
     tok.add_special_tokens({"additional_special_tokens": specials[1:]}, replace_extra_special_tokens=False)
     return tok
