@@ -31,6 +31,13 @@ def main(argv=None) -> int:
     enc.add_argument("--batch-size", type=int, default=32)
     enc.add_argument("texts", nargs="*", help="texts to embed (default: read lines from stdin)")
 
+    ev = sub.add_parser("eval", help="benchmark evaluations")
+    ev_sub = ev.add_subparsers(dest="benchmark", required=True)
+    from .eval.mmeb.harness import MMEBEvalConfig
+    mmeb = ev_sub.add_parser("mmeb", help="MMEB-v2 (78 tasks): encode, score, write per-task files and a summary")
+    mmeb.add_argument("--list", action="store_true", help="print the task registry, one JSON object per line, and exit")
+    add_arguments(mmeb, MMEBEvalConfig)
+
     a = ap.parse_args(argv)
     if a.command == "demo":
         from .train.demo import run_demo
@@ -38,6 +45,8 @@ def main(argv=None) -> int:
     elif a.command == "base":
         from .train.base import build_base
         build_base(a.out, steps=a.steps, seed=a.seed)
+    elif a.command == "eval":
+        return _eval_mmeb(a)
     elif a.command == "encode":
         import os
 
@@ -56,6 +65,25 @@ def main(argv=None) -> int:
         np.save(tmp, emb)
         os.replace(tmp, a.out)  # never a half-written output file
         print(f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings to {a.out}")
+    return 0
+
+
+
+def _eval_mmeb(a) -> int:
+    from .config import from_args
+    from .eval.mmeb.harness import MMEBEvalConfig, run
+    from .eval.mmeb.readers import MMEBDataError
+    from .eval.mmeb.registry import list_lines
+    from .processing import InputError
+    if a.list:
+        print("\n".join(list_lines()))
+        return 0
+    cfg = from_args(MMEBEvalConfig, a)
+    try:
+        run(cfg)
+    except (MMEBDataError, InputError, KeyError, ValueError, ImportError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -6,6 +6,7 @@ import ast
 import dataclasses
 import inspect
 import json
+import types
 import typing
 
 
@@ -31,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "") -> Non
         if kind is bool:
             parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=docs.get(f.name))
         else:
-            base = typing.get_args(kind)[0] if typing.get_origin(kind) is typing.Union else kind
+            # Optional[X] and X | None both give X
+            base = typing.get_args(kind)[0] if typing.get_origin(kind) in (typing.Union, types.UnionType) else kind
             parser.add_argument(name, type=base, default=default, help=docs.get(f.name), dest=prefix + f.name)
 
 
