@@ -103,3 +103,12 @@ def no_grad_leak(backbone):
     yield
     backbone.model.zero_grad(set_to_none=True)
     backbone.model.eval()
+
+
+@pytest.fixture(scope="session")
+def mmeb_fixture(tmp_path_factory):
+    """(annotations dir, data root, datasets cache) holding the MMEB-v2 fixtures (tests/mmeb_fixtures.py)."""
+    import mmeb_fixtures
+    root = tmp_path_factory.mktemp("mmeb")
+    ann, data = mmeb_fixtures.build(root)
+    return str(ann), str(data), str(root / "hf_cache")

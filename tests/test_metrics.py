@@ -116,3 +116,58 @@ def test_content_key_identity():
     assert content_key({"text": "a", "image": img}) != content_key({"text": "a", "image": other})
     assert content_key({"text": "a"}) != content_key({"text": "b"})
     assert content_key({"video": [img, other]}) != content_key({"video": [other, img]})
+
+
+# ---------------------------------------------------------------- graded relevance (MMEB-v2)
+from tteflash.eval.metrics import RANK_METRICS, graded_metrics, mean_graded, rank_order, reference_grade_pairing  # noqa: E402
+
+
+def test_graded_metrics_single_relevant_hand_values():
+    m = graded_metrics(["a", "b", "c"], {"b": 1.0})
+    assert m == pytest.approx({"hit@1": 0.0, "hit@5": 1.0, "hit@10": 1.0, "ndcg_linear@5": 1 / math.log2(3),
+                               "ndcg_linear@10": 1 / math.log2(3), "mrr": 0.5})
+    ranked = [f"d{i}" for i in range(12)]
+    m = graded_metrics(ranked, {"d7": 1.0})  # rank 8: outside @5, inside @10
+    assert m["hit@5"] == 0.0 and m["hit@10"] == 1.0 and m["ndcg_linear@5"] == 0.0
+    assert m["ndcg_linear@10"] == pytest.approx(1 / math.log2(9)) and m["mrr"] == pytest.approx(1 / 8)
+    assert graded_metrics(["x"], {"y": 1.0}) == {k: 0.0 for k in RANK_METRICS}
+
+
+def test_graded_ndcg_hand_values():
+    qrels = {"p": 1.0, "q": 2.0}
+    # ranked q, x, p: DCG = 2/log2(2) + 1/log2(4) = 2.5; ideal (2, 1): 2 + 1/log2(3)
+    m = graded_metrics(["q", "x", "p"], qrels)
+    assert m["ndcg_linear@5"] == pytest.approx(2.5 / (2 + 1 / math.log2(3)))
+    # ranked p, q: DCG = 1 + 2/log2(3)
+    m = graded_metrics(["p", "q"], qrels)
+    assert m["ndcg_linear@5"] == pytest.approx((1 + 2 / math.log2(3)) / (2 + 1 / math.log2(3)))
+    assert m["hit@1"] == 1.0 and m["mrr"] == 1.0
+    assert graded_metrics(["z", "p"], {"p": 1.0, "z": 0.0})["hit@1"] == 0.0  # grade 0 is not relevant
+
+
+def test_reference_ndcg_ordering_bug_is_reproducible():
+    # find an id order that Python's set iteration reorders (set order depends on PYTHONHASHSEED)
+    for ids in (["a", "b"], ["b", "a"], ["doc1", "doc2"], ["doc2", "doc1"]):
+        if list(set(ids)) != ids:
+            break
+    qrels = {ids[0]: 1.0, ids[1]: 2.0}
+    swapped = reference_grade_pairing(qrels)
+    assert swapped == {ids[1]: 1.0, ids[0]: 2.0}
+    ranked = [ids[1], ids[0]]  # correct: the grade-2 document first, ideal ranking
+    assert graded_metrics(ranked, qrels)["ndcg_linear@5"] == pytest.approx(1.0)
+    buggy = graded_metrics(ranked, qrels, reference_ndcg=True)["ndcg_linear@5"]
+    assert buggy == pytest.approx((1 + 2 / math.log2(3)) / (2 + 1 / math.log2(3)))
+    assert graded_metrics(ranked, {ids[0]: 1.0}, reference_ndcg=True) == graded_metrics(ranked, {ids[0]: 1.0})
+
+
+def test_rank_order_ties_never_favour_position():
+    # the gold candidate (grade 1) is listed first and ties another: it ranks after it
+    assert list(rank_order([0.5, 0.5, 0.1], [1, 0, 0])) == [1, 0, 2]
+    assert list(rank_order([0.5, 0.5, 0.1], [0, 1, 0])) == [0, 1, 2]
+    assert list(rank_order([0.2, 0.9, 0.2, 0.2], [2, 0, 1, 0])) == [1, 3, 2, 0]  # among ties: less relevant first
+    assert list(rank_order([float("nan"), 0.1], [1, 0])) == [1, 0]
+
+
+def test_mean_graded():
+    m = mean_graded([graded_metrics(["a"], {"a": 1.0}), graded_metrics(["b", "a"], {"a": 1.0})])
+    assert m["hit@1"] == 0.5 and m["mrr"] == 0.75 and m["num_queries"] == 2
