@@ -149,3 +149,29 @@ def test_cli_end_to_end_tiny_model(mmeb_fixture, model0, tmp_path, capsys):
            "--hf-cache", cache, "--out", str(tmp_path / "o2"), "--tasks", "OK-VQA", "--device", "cpu"]
     assert main(bad) == 2
     assert "media file not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # two torch processes start up: about 20 s on 2 cores (make test-slow)
+def test_torchrun_shards_give_the_same_files(mmeb_fixture, tmp_path):
+    """Two CPU ranks (gloo) encode strided shards; rank 0 merges: files equal a one-process run."""
+    import os
+    import subprocess
+    import sys
+    ann, data, cache = mmeb_fixture
+    tasks = "ImageNet-1K,MSR-VTT,ViDoRe_arxivqa"
+    script = tmp_path / "shard_run.py"
+    script.write_text(f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_mmeb_harness import HashEncoder
+from tteflash.eval.mmeb.harness import MMEBEvalConfig, run
+run(MMEBEvalConfig(model="hash", data_root={data!r}, annotations={ann!r}, hf_cache={cache!r},
+                   out=sys.argv[1], tasks={tasks!r}, batch_size=1), HashEncoder())
+""")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    str(script), str(tmp_path / "two")], check=True, env=env, capture_output=True, timeout=300)
+    run(MMEBEvalConfig(model="hash", data_root=data, annotations=ann, hf_cache=cache, out=str(tmp_path / "one"),
+                       tasks=tasks, batch_size=1), HashEncoder())
+    assert _files(tmp_path / "two") == _files(tmp_path / "one")
+    assert (tmp_path / "two" / "cache" / "MSR-VTT" / "queries.rank1.npy").exists()
