@@ -175,3 +175,24 @@ run(MMEBEvalConfig(model="hash", data_root={data!r}, annotations={ann!r}, hf_cac
                        tasks=tasks, batch_size=1), HashEncoder())
     assert _files(tmp_path / "two") == _files(tmp_path / "one")
     assert (tmp_path / "two" / "cache" / "MSR-VTT" / "queries.rank1.npy").exists()
+
+
+def test_last_token_baseline_through_the_harness(mmeb_fixture, model0, tmp_path):
+    from tteflash.eval.last_token import LastTokenEncoder
+    ann, data, cache = mmeb_fixture
+    model0.save_pretrained(tmp_path / "plain")
+    enc = LastTokenEncoder.from_pretrained(str(tmp_path / "plain"))
+    x = [{"text": "a cat", "image": None, "video": None}, {"text": "a dog"}]
+    e = enc.encode(x, batch_size=2)
+    assert e.shape == (2, 64) and np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
+    # the last prompt token's state, not the embedding token's: differs from the no-think model's vector
+    assert not np.allclose(e, model0.encode(x))
+    assert np.allclose(enc.encode(x[1]), e[1], atol=1e-5)
+    out = tmp_path / "out"
+    args = ["eval", "mmeb", "--model", str(tmp_path / "plain"), "--pooling", "last", "--data-root", data,
+            "--annotations", ann, "--hf-cache", cache, "--out", str(out), "--tasks", "OK-VQA,ViDoSeek-page",
+            "--device", "cpu"]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["model_config"]["method"] == "last_token" and summary["num_tasks"] == 2
+    assert main(args[:4] + ["--pooling", "mean"] + args[6:]) == 2

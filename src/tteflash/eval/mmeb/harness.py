@@ -37,6 +37,10 @@ class MMEBEvalConfig:
     """Folder with local copies of the annotation repos as <owner>/<repo> (default: the Hugging Face hub)."""
     batch_size: int = 32
     """Encode batch size."""
+    pooling: str = "embedding"
+    """embedding: our models' embedding token (any method); last: plain last-token pooling (baselines)."""
+    adapter: str | None = None
+    """PEFT/LoRA adapter merged into the backbone (with --pooling last, e.g. a VLM2Vec adapter)."""
     think_tokens: int | None = None
     """Use only the first k think tokens on the query side (default: the checkpoint's K)."""
     reference_ndcg: bool = False
@@ -178,7 +182,7 @@ def summary_markdown(s: dict) -> str:
 # ---------------------------------------------------------------- driver
 def model_settings(encoder, cfg: MMEBEvalConfig) -> dict:
     conf = getattr(encoder, "config", None)
-    out = dataclasses.asdict(conf) if dataclasses.is_dataclass(conf) else {}
+    out = dataclasses.asdict(conf) if dataclasses.is_dataclass(conf) else dict(conf or {})
     if cfg.think_tokens is not None:
         out["think_tokens_used"] = cfg.think_tokens
     return out
@@ -233,9 +237,14 @@ def load_encoder(cfg: MMEBEvalConfig, dist: _Dist | None = None):
     import torch
 
     from ...model import TTEFlashModel
+    from ..last_token import LastTokenEncoder
     if not cfg.model:
         raise ValueError("--model is required (a checkpoint directory or hub id)")
-    model = TTEFlashModel.from_pretrained(cfg.model)
+    loaders = {"embedding": lambda: TTEFlashModel.from_pretrained(cfg.model),
+               "last": lambda: LastTokenEncoder.from_pretrained(cfg.model, cfg.adapter)}
+    if cfg.pooling not in loaders or (cfg.adapter and cfg.pooling != "last"):
+        raise ValueError(f"--pooling must be one of {sorted(loaders)} (--adapter needs --pooling last), got {cfg.pooling!r}")
+    model = loaders[cfg.pooling]()
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and dist is not None and dist.world > 1:
         device = f"cuda:{dist.local_rank}"
