@@ -52,3 +52,8 @@ def test_cli_list(capsys):
 def test_cli_unknown_task(capsys, tmp_path):
     assert main(["eval", "mmeb", "--tasks", "NoSuchTask", "--data-root", str(tmp_path), "--model", "x"]) == 2
     assert "unknown MMEB task" in capsys.readouterr().err
+
+
+def test_reference_query_caps():
+    assert TASKS["SmthSmthV2"].max_queries == 1000  # the reference's eval config subsamples SSv2
+    assert sum(t.max_queries is not None for t in TASKS.values()) == 1

@@ -336,6 +336,8 @@ def read_task(t: Task, data_root: str | os.PathLike, *, annotations: str | None 
     """Load one task's annotations and resolve its media under data_root. limit: first N queries (smoke runs)."""
     data_root = Path(data_root)
     root = data_root / t.media
+    if t.max_queries is not None:
+        limit = t.max_queries if limit is None else min(limit, t.max_queries)
     load = lambda subset, split=t.split: load_split(t.repo, subset, split, annotations=annotations,  # noqa: E731
                                                     cache_dir=cache_dir, task=t.name)
     if t.parser == "beir":

@@ -40,6 +40,7 @@ class Task:
     num_frames: int | None = None   # video: frames sampled uniformly from the naturally sorted frame files
     args: dict = dataclasses.field(default_factory=dict)
     confirmed: bool = True          # column names and prompts checked against the reference harness
+    max_queries: int | None = None  # the reference evaluates only the first N queries (its eval config)
 
     @property
     def modality(self) -> str:
@@ -52,7 +53,8 @@ class Task:
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "modality": self.modality, "group": self.group, "metric": self.metric,
                 "pool": self.pool, "num_frames": self.num_frames, "repo": self.repo, "subset": self.subset,
-                "split": self.split, "media": self.media, "parser": self.parser, "confirmed": self.confirmed}
+                "split": self.split, "media": self.media, "parser": self.parser, "max_queries": self.max_queries,
+                "confirmed": self.confirmed}
 
 
 def _image(name, group, parser, **args):
@@ -86,7 +88,8 @@ def _video_cls(name):
     hf, inst = _VIDEO_CLS_INST[name]
     media = f"video_cls/{_MEDIA_CLS[name]}"
     if name == "SmthSmthV2":  # multiple choice among its own candidates (local), unlike the other four
-        return _video(name, "video-CLS", "ssv2", f"VLM2Vec/{hf}", None, "test", media, "local", instruction=inst)
+        t = _video(name, "video-CLS", "ssv2", f"VLM2Vec/{hf}", None, "test", media, "local", instruction=inst)
+        return dataclasses.replace(t, max_queries=1000)
     return _video(name, "video-CLS", "video_cls", f"VLM2Vec/{hf}", None, "test", media, "global", instruction=inst)
 
 
