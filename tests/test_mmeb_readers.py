@@ -89,3 +89,14 @@ def test_clear_errors(mmeb_fixture, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(MMEBDataError, match="no frame images"):
         sample_frames(Path(tmp_path / "empty"), 8, "T")
+
+
+def test_every_registry_parser_has_a_reader():
+    from tteflash.eval.mmeb.readers import READERS
+    assert {t.parser for t in TASKS.values()} - {"beir"} <= set(READERS)
+
+
+def test_missing_subset_is_a_clear_error(mmeb_fixture):
+    ann, data, cache = mmeb_fixture
+    with pytest.raises(MMEBDataError, match=r"DocVQA: cannot load annotations .*subset='DocVQA'"):
+        read_task(TASKS["DocVQA"], data, annotations=ann, cache_dir=cache)

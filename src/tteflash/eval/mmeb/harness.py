@@ -74,6 +74,16 @@ def _fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _content(items) -> list:
+    """What an item's embedding depends on (texts and media paths; corpus pages by name), for cache keys."""
+    out = []
+    for x in items:
+        d = vars(x) if hasattr(x, "to_input") else x
+        img = d.get("image")
+        out.append((d.get("text"), img if isinstance(img, str) or img is None else "corpus", d.get("video")))
+    return out
+
+
 class _Dist:
     """torchrun ranks (one process, rank 0, when not launched by torchrun)."""
 
@@ -210,10 +220,11 @@ def run(cfg: MMEBEvalConfig, encoder=None) -> dict | None:
         cache = out / "cache" / t.name
         cache.mkdir(parents=True, exist_ok=True)
         names = list(data.candidates)
-        q_emb = _encode_stage(encoder, data.queries, cache / "queries.npy", _fingerprint(enc_key, data.query_ids),
+        q_emb = _encode_stage(encoder, data.queries, cache / "queries.npy", _fingerprint(enc_key, data.query_ids,
+                                                                                        _content(data.queries)),
                               role="query", cfg=cfg, dist=dist, desc=f"{t.name} queries")
         c_emb = _encode_stage(encoder, [data.candidates[n] for n in names], cache / "candidates.npy",
-                              _fingerprint(enc_key, names), role="document", cfg=cfg, dist=dist,
+                              _fingerprint(enc_key, names, _content(data.candidates.values())), role="document", cfg=cfg, dist=dist,
                               desc=f"{t.name} candidates")
         if dist.rank == 0:
             metrics, preds = score_task(data, q_emb, c_emb, reference_ndcg=cfg.reference_ndcg, top_k=cfg.pred_top_k)

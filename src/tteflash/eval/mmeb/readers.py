@@ -61,12 +61,17 @@ def prompt(visual: str | None, instruction: str, text: str | None = None) -> str
     return f"{visual} {p}" if visual else p
 
 
+def strip_visual(p: str) -> str:
+    """Drop a leading visual token: the model inserts its own vision tokens before the text."""
+    for tok in (IMG, VID):
+        if p.startswith(tok):
+            return p[len(tok):]
+    return p
+
+
 def model_input(p: str, image=None, video=None) -> dict:
-    """Reference prompt -> model input: drop the leading visual token the model inserts itself."""
-    for tok, present in ((IMG, image is not None), (VID, video is not None)):
-        if present and p.startswith(tok):
-            p = p[len(tok):]
-    return {"text": p, "image": image, "video": video}
+    """Reference prompt -> model input (the visual token dropped only when there is a visual)."""
+    return {"text": strip_visual(p) if image is not None or video is not None else p, "image": image, "video": video}
 
 
 def _natural_key(name: str):
@@ -109,7 +114,7 @@ def load_split(repo: str, subset: str | None, split: str, *, annotations: str | 
     datasets.disable_progress_bars()
     try:
         return datasets.load_dataset(path, subset, split=split, cache_dir=cache_dir)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # unknown subset or split, repo not found, no network
         raise MMEBDataError(f"{task}: cannot load annotations {path!r} subset={subset!r} split={split!r}: {e}") from None
 
 
@@ -168,25 +173,35 @@ def _image_targets(b: _Builder, row, root: Path, t: Task, caption_names: bool, n
             text = prompt(IMG, inst).replace(" \n", "\n") + ("\n" if newline_without_caption else "")
         name = f"{path}:{cap.strip(chr(34))}" if caption_names else path
         names.append(b.add_candidate(name, lambda text=text, path=path: Candidate(
-            model_input(text, image=1)["text"], image=media_file(root / path, t.name))))
+            strip_visual(text), image=media_file(root / path, t.name))))
     return names
+
+
+# How each reference image parser shapes its prompts: query (t2i: text only; "qa": "\n" + stripped
+# instruction; "plain": instruction as is) and targets (text labels, or images with the newline rule).
+IMAGE_STYLES = {
+    "image_cls": dict(query="plain", targets="text"),
+    "image_i2t": dict(query="plain", targets="text"),
+    "image_qa": dict(query="qa", targets="text"),
+    "image_t2i": dict(query="t2i", targets="image", caption_names=False, newline=True),
+    "image_i2i_vg": dict(query="qa", targets="image", caption_names=True, newline=False),
+}
 
 
 def _read_image(t: Task, rows, root: Path) -> TaskData:
     b = _Builder(t, local=True)
-    kind = t.parser
+    style = IMAGE_STYLES[t.parser]
     for i, row in enumerate(rows):
-        if kind == "image_t2i":
+        if style["query"] == "t2i":
             inst = (row.get("qry_inst", "") or "").replace(IMG1, IMG)
             p = inst + " " + _column(row, "qry_text", t.name) + "\n" + ("\n" if t.args.get("visdial") else "")
             q = model_input(p)
         else:
-            q = _image_query(row, root, t, strip_newline_inst=kind in ("image_qa", "image_i2i_vg"))
-        if kind in ("image_cls", "image_qa", "image_i2t"):
+            q = _image_query(row, root, t, strip_newline_inst=style["query"] == "qa")
+        if style["targets"] == "text":
             pool = _text_targets(b, row, t)
         else:
-            pool = _image_targets(b, row, root, t, caption_names=kind == "image_i2i_vg",
-                                  newline_without_caption=kind == "image_t2i")
+            pool = _image_targets(b, row, root, t, style["caption_names"], style["newline"])
         if not pool:
             raise MMEBDataError(f"{t.name}: query {i} has no candidates")
         b.add_query(i, q, pool, {pool[0]: 1.0})  # MMEB lists the gold candidate first
@@ -233,7 +248,7 @@ def _read_video_ret(t: Task, rows, root: Path) -> TaskData:
         cap = cap[0] if isinstance(cap, (list, tuple)) else cap
         name = _video_name(row, t)
         b.add_candidate(name, lambda name=name: Candidate(
-            model_input(tgt, video=1)["text"], video=sample_frames(root / name, t.num_frames, t.name)))
+            strip_visual(tgt), video=sample_frames(root / name, t.num_frames, t.name)))
         b.add_query(len(b.ids), model_input(prompt(None, t.args["query_instruction"], cap)), None, {name: 1.0})
     return b.build()
 
@@ -279,7 +294,7 @@ def _read_moment(t: Task, rows, root: Path) -> TaskData:
         if not pos:
             raise MMEBDataError(f"{t.name}: no positive clip folder (positive*) under {vdir}")
         pool = [b.add_candidate(f"{video}/{c}", lambda c=c: Candidate(
-            model_input(tgt, video=1)["text"], video=sample_frames(vdir / c, t.num_frames, t.name))) for c in clips]
+            strip_visual(tgt), video=sample_frames(vdir / c, t.num_frames, t.name))) for c in clips]
         q = model_input(prompt(VID, t.args["query_instruction"], _column(row, "query", t.name)), video=frames)
         b.add_query(i, q, pool, {p: 1.0 for p in pos})
     return b.build()
@@ -302,7 +317,7 @@ def _read_beir(t: Task, splits: dict, root: Path) -> TaskData:
     corpus_rows = {}
     for i, cid in enumerate(corpus["corpus-id"]):
         corpus_rows.setdefault(str(cid), i)
-    tgt = model_input(prompt(IMG, t.args["target_instruction"]), image=1)["text"]
+    tgt = strip_visual(prompt(IMG, t.args["target_instruction"]))
 
     def page(name: str) -> Candidate:
         path = root / _page_file(name, hashed)
@@ -348,14 +363,15 @@ def read_task(t: Task, data_root: str | os.PathLike, *, annotations: str | None 
     rows = load(t.subset)
     if limit is not None:
         rows = rows.select(range(min(limit, len(rows))))
-    if t.parser.startswith("image_"):
-        return _read_image(t, rows, root)
-    reader = {"video_cls": lambda: _read_video_cls(t, rows, root, data_root),
-              "ssv2": lambda: _read_video_cls(t, rows, root, data_root),
-              "video_ret": lambda: _read_video_ret(t, rows, root),
-              "nextqa": lambda: _read_video_qa(t, rows, root),
-              "videomme": lambda: _read_video_qa(t, rows, root),
-              "moment_retrieval": lambda: _read_moment(t, rows, root)}.get(t.parser)
-    if reader is None:
-        raise MMEBDataError(f"{t.name}: no reader for parser {t.parser!r}")
-    return reader()
+    return READERS[t.parser](t, rows, root, data_root)
+
+
+READERS = {  # parser name (registry) -> reader(task, rows, media folder, data root)
+    **{name: lambda t, rows, root, _: _read_image(t, rows, root) for name in IMAGE_STYLES},
+    "video_cls": _read_video_cls,
+    "ssv2": _read_video_cls,
+    "video_ret": lambda t, rows, root, _: _read_video_ret(t, rows, root),
+    "nextqa": lambda t, rows, root, _: _read_video_qa(t, rows, root),
+    "videomme": lambda t, rows, root, _: _read_video_qa(t, rows, root),
+    "moment_retrieval": lambda t, rows, root, _: _read_moment(t, rows, root),
+}
