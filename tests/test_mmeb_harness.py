@@ -45,6 +45,11 @@ def test_scores_global_pool_and_graded_qrels(mmeb_fixture):
     ideal = 2 + 1 / math.log2(3)
     assert m["ndcg_linear@5"] == pytest.approx((1 + 2 / math.log2(5)) / ideal)
     assert m["hit@1"] == 1.0 and m["mrr"] == 1.0
+    # metrics do not depend on how many candidates the predictions keep
+    c = np.array([[0.1], [0.9], [0.5], [0.3]], np.float32)  # pageB, pageC, pageD, pageA
+    full, _ = score_task(g, np.ones((1, 1), np.float32), c)
+    short, preds = score_task(g, np.ones((1, 1), np.float32), c, top_k=1)
+    assert short == full and preds[0]["ranked"] == ["pageB"] and full["mrr"] == 1.0
 
 
 class HashEncoder:

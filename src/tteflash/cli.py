@@ -68,7 +68,6 @@ def main(argv=None) -> int:
     return 0
 
 
-
 def _eval_mmeb(a) -> int:
     from .config import from_args
     from .eval.mmeb.harness import MMEBEvalConfig, run

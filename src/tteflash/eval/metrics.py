@@ -67,15 +67,18 @@ def reference_grade_pairing(qrels: dict) -> dict:
     return dict(zip(list(set(labels)), grades))
 
 
-def graded_metrics(ranked_ids, qrels: dict, *, reference_ndcg: bool = False) -> dict[str, float]:
+def graded_metrics(ranked_ids, qrels: dict, *, reference_ndcg: bool = False, first: int | None = None) -> dict[str, float]:
     """hit@k, NDCG@k (linear gain) and MRR for one query.
 
-    ranked_ids: candidate ids best first (the whole pool); qrels: id -> grade (> 0 is relevant).
+    ranked_ids: candidate ids best first (the whole pool, or its top 10 or more when `first`, the 0-based
+    rank of the first relevant candidate in the whole ranking, is given; large global pools).
+    qrels: id -> grade (> 0 is relevant).
     reference_ndcg: pair grades with documents as the reference harness does (see reference_grade_pairing).
     """
     relevant = {c for c, g in qrels.items() if g > 0}
     gains = reference_grade_pairing(qrels) if reference_ndcg else qrels
-    first = next((i for i, c in enumerate(ranked_ids) if c in relevant), None)
+    if first is None:
+        first = next((i for i, c in enumerate(ranked_ids) if c in relevant), None)
     out = {f"hit@{k}": float(first is not None and first < k) for k in (1, 5, 10)}
     ideal = sorted((g for g in gains.values() if g > 0), reverse=True)
     for k in (5, 10):

@@ -141,19 +141,33 @@ def _encode_stage(encoder, items: list, path: Path, key: str, *, role: str, cfg:
 # ---------------------------------------------------------------- scoring
 def score_task(data: TaskData, q_emb: np.ndarray, c_emb: np.ndarray, *, reference_ndcg: bool = False,
                top_k: int = 100) -> tuple[dict, list[dict]]:
-    """Per-task metrics (means over queries) and per-query predictions."""
+    """Per-task metrics (means over queries) and per-query predictions (top_k candidates with scores)."""
     index = {name: i for i, name in enumerate(data.candidates)}
+    names = np.asarray(list(data.candidates), dtype=object)
     per_query, preds = [], []
-    for i, qid in enumerate(data.query_ids):
-        pool = data.pool(i)
-        qrels = data.qrels[i]
-        scores = c_emb[[index[n] for n in pool]] @ q_emb[i]
-        order = rank_order(scores, [qrels.get(n, 0.0) for n in pool])
-        ranked = [pool[j] for j in order]
-        per_query.append(graded_metrics(ranked, qrels, reference_ndcg=reference_ndcg))
-        preds.append({"query_id": qid, "ranked": ranked[:top_k],
-                      "scores": [round(float(scores[j]), 6) for j in order[:top_k]],
-                      "relevant": {k: v for k, v in qrels.items() if v > 0}})
+    keep = max(top_k, 10)
+    for s in range(0, len(data.query_ids), 256):  # global pools: one matrix product per block of queries
+        block = q_emb[s:s + 256] @ c_emb.T if data.pools is None else None
+        for i in range(s, min(s + 256, len(data.query_ids))):
+            qrels = data.qrels[i]
+            if block is None:  # local pool: its own (short) candidate list
+                pool_names = np.asarray(data.pools[i], dtype=object)
+                scores = c_emb[[index[n] for n in data.pools[i]]] @ q_emb[i]
+                grades = np.asarray([qrels.get(n, 0.0) for n in data.pools[i]])
+            else:  # global pool: every candidate; grades set by index (pools can hold 10^4-10^5 documents)
+                pool_names, scores = names, block[i - s]
+                grades = np.zeros(len(names))
+                for n, g in qrels.items():
+                    if n in index:
+                        grades[index[n]] = g
+            order = rank_order(scores, grades)
+            relevant = np.flatnonzero(grades[order] > 0)
+            ranked = list(pool_names[order[:keep]])
+            per_query.append(graded_metrics(ranked, qrels, reference_ndcg=reference_ndcg,
+                                            first=int(relevant[0]) if len(relevant) else None))
+            preds.append({"query_id": data.query_ids[i], "ranked": ranked[:top_k],
+                          "scores": [round(float(x), 6) for x in scores[order[:top_k]]],
+                          "relevant": {k: v for k, v in qrels.items() if v > 0}})
     return mean_graded(per_query), preds
 
 
