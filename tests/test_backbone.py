@@ -32,7 +32,7 @@ def test_tiny_tokenizer_specials_are_single_tokens(tokenizer):
     assert tokenizer.convert_tokens_to_ids(think_token(33)) is None
     text = "count the red circles: 3 plus 4 is 7"
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    assert tokenizer.decode(ids) == text
+    assert tokenizer.decode(ids) == " " + text  # the prefix space: one token form per word
     assert len(ids) < len(text)  # BPE merges learned from the corpus
     assert len(tokenizer) == 400
 

@@ -78,7 +78,7 @@ def correct_fn(ex: B.Example):
 # --- tests ---------------------------------------------------------------------------------
 
 def test_registry():
-    assert B.BENCH_NAME == "tte-bench" and B.BENCH_VERSION == "1.0"
+    assert B.BENCH_NAME == "tte-bench" and B.BENCH_VERSION == "1.1"
     assert [t.name for t in B.TASKS] == [
         "digit_sum", "color_hop_vqa", "count_vqa", "t2i_digits", "i2t_count_caption",
         "hop_grounding", "composed_edit", "video_digit_qa", "doc_table_ret"]
@@ -137,7 +137,9 @@ def test_pool_invariants(task):
         if "image" in ex.query:
             assert ex.query["image"].mode == "RGB" and ex.query["image"].size == QUERY_SIZE[task]
         if "video" in ex.query:
-            assert [f.size for f in ex.query["video"]] == [(56, 56)] * 4
+            frames = ex.query["video"]
+            assert [f.size for f in frames] == [(56, 56)] * 8
+            assert all(frames[i] is frames[i + 1] for i in range(0, 8, 2))  # one shot = two frames
         for cand, fact in zip(ex.candidates, ex.meta["facts"]):
             if info.target_modality == "text":
                 assert cand == {"text": fact}
@@ -188,7 +190,7 @@ def test_perception(kind, monkeypatch):
         if kind == "scene":
             assert 1 <= len(cap.split(" , ")) <= 4
         if kind in ("digits", "video"):
-            assert len(cap.split()) == 1 + len(imgs) * (2 if kind == "digits" else 1)
+            assert len(cap.split()) == 1 + (2 if kind == "digits" else len(imgs) // B.FRAMES_PER_SHOT)
     assert set(splits) <= {"train"}
     with pytest.raises(ValueError):
         B.perception_example("nope", rng)

@@ -92,7 +92,8 @@ def train_tiny_tokenizer(corpus: Iterable[str], vocab_size: int = 600, max_think
 
     specials = [PAD_TOKEN, "<|im_start|>", "<|im_end|>", *VISION_TOKENS, *project_tokens(max_think_tokens)]
     bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Prefix space: a word has one token form at the start of a text and inside it ("15" and "... is 15").
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)

@@ -25,7 +25,8 @@ from . import render as R
 from .render import ITEMS, SHAPES
 
 BENCH_NAME = "tte-bench"
-BENCH_VERSION = "1.0"
+FRAMES_PER_SHOT = 2
+BENCH_VERSION = "1.1"  # 1.1: each video digit is a shot of two frames (one temporal patch)
 POOL_SIZE = 10
 SPLITS = ("train", "val", "test")
 DEFAULT_SIZES = {"test": 120, "val": 40}  # per task; train is endless and needs an explicit size
@@ -74,7 +75,7 @@ TASKS = [
     TaskInfo("composed_edit", "composed_retrieval", "image-RET", "image+text", "image",
              "retrieve the scene after recolouring the named object"),
     TaskInfo("video_digit_qa", "video_qa", "video-QA", "video+text", "text",
-             "sum the first and last digit of a 4-frame digit video"),
+             "sum the first and last digit of a 4-shot (8-frame) digit video"),
     TaskInfo("doc_table_ret", "doc_retrieval", "visdoc", "text", "image",
              "retrieve the table page where two named items sum to a value"),
 ]
@@ -123,7 +124,10 @@ class _Ctx:
         return R.render_digit_pair(self.digit(a), self.digit(b))
 
     def video(self, ds: Iterable[int]):
-        return [R.render_digit_frame(self.digit(d), i) for i, d in enumerate(ds)]
+        """One shot of FRAMES_PER_SHOT identical frames per digit: Qwen-VL merges frames in temporal pairs,
+        so a shot fills exactly one temporal patch instead of blending two digits in one."""
+        return [frame for i, d in enumerate(ds)
+                for frame in [R.render_digit_frame(self.digit(d), i)] * FRAMES_PER_SHOT]
 
 
 # ---------------------------------------------------------------------------------------------

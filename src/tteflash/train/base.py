@@ -6,7 +6,9 @@ perception), so the base is pretrained once, without the benchmark's retrieval t
     with a curriculum on the number of objects per scene;
 (2) speak its language: next-token prediction on training-split query texts and CoT sentences
     (text only: no images, no candidates);
-(3) embed: a symmetric image <-> caption contrastive alignment of the embedding token.
+(3) embed: a symmetric image <-> text contrastive alignment of the embedding token, where the text is
+    the caption or, half of the time, a partial one (some of a scene's objects, some of a page's rows),
+    as web captions are: retrieval by some of the facts an image holds.
 """
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ def base_examples(step: int, cfg: TrainConfig, curriculum_steps: int) -> list:
     rng = random.Random(f"base/{cfg.seed}/{step}")
     max_objects = min(9, 1 + int(8 * step / max(1, curriculum_steps)))
     kinds = rng.choices(list(KIND_WEIGHTS), weights=list(KIND_WEIGHTS.values()), k=cfg.batch_size)
-    pairs = [bench.perception_example(k, rng, max_objects=max_objects) for k in kinds]
+    pairs = [(inp, caption, partial_caption(caption, rng))
+             for inp, caption in (bench.perception_example(k, rng, max_objects=max_objects) for k in kinds)]
     # language: query text + CoT sentences of training examples (no images, no candidates)
     texts = []
     for i in range(cfg.batch_size // 4):
@@ -45,19 +48,28 @@ def base_examples(step: int, cfg: TrainConfig, curriculum_steps: int) -> list:
     return [pairs, texts]
 
 
+def partial_caption(caption: str, rng: random.Random) -> str:
+    """The full caption or, half of the time, at least two of its " , "-separated facts, in order."""
+    facts = caption.split(" , ")
+    if len(facts) <= 2 or rng.random() < 0.5:
+        return caption
+    keep = sorted(rng.sample(range(len(facts)), rng.randint(2, len(facts) - 1)))
+    return " , ".join(facts[i] for i in keep)
+
+
 def perception_step(model, data, cfg: TrainConfig) -> dict:
     pairs, texts = data
     p = model.processor
     caption_rows, image_rows, text_rows, keys = [], [], [], []
     describe = p.text_ids(DESCRIBE, "base prompt")
-    for inp, caption in pairs:
+    for inp, caption, align_text in pairs:
         r = p.prompt_row(inp, "base image")  # patchified once, used by both rows
         caption_rows.append(Row(r.prompt + describe, r.prompt_types + [0] * len(describe), r.pixels,
                                 inline_cot=p.cot_ids(caption), embed=False))
-        if caption not in keys:  # identical captions (e.g. two crops of a blue circle) are one target
-            keys.append(caption)
+        if align_text not in keys:  # identical texts (e.g. two crops of a blue circle) are one target
+            keys.append(align_text)
             image_rows.append(r)
-            text_rows.append(p.prompt_row(caption, "base caption"))
+            text_rows.append(p.prompt_row(align_text, "base caption"))
     lm_rows = []
     for t in texts:
         ids = p.text_ids(t, "base text")
