@@ -38,6 +38,20 @@ def main(argv=None) -> int:
     mmeb.add_argument("--list", action="store_true", help="print the task registry, one JSON object per line, and exit")
     add_arguments(mmeb, MMEBEvalConfig)
 
+    tr = sub.add_parser("traces", help="gold CoT traces from a teacher VLM for MMEB-train examples (resumable JSONL)")
+    tr.add_argument("--data", nargs="+", required=True, help="MMEB-train parquet file(s), one per subset")
+    tr.add_argument("--image-root", required=True, help="folder the parquet image paths are relative to")
+    tr.add_argument("--teacher", required=True, help="http(s) URL of an OpenAI-compatible API (e.g. vLLM), or a local checkpoint")
+    tr.add_argument("--teacher-model", default=None, help="model name sent to the API")
+    tr.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key, if any")
+    tr.add_argument("--out", required=True, help="traces JSONL (failures go to <out>.failed.jsonl)")
+    tr.add_argument("--workers", type=int, default=8, help="concurrent requests")
+    tr.add_argument("--retries", type=int, default=3, help="retries per example (errors, timeouts, malformed answers)")
+    tr.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    tr.add_argument("--max-tokens", type=int, default=512, help="longest answer")
+    tr.add_argument("--limit", type=int, default=None, help="first N examples of each file")
+    tr.add_argument("--retry-failed", action="store_true", help="try again the examples recorded as failures")
+
     a = ap.parse_args(argv)
     if a.command == "demo":
         from .train.demo import run_demo
@@ -47,6 +61,8 @@ def main(argv=None) -> int:
         build_base(a.out, steps=a.steps, seed=a.seed)
     elif a.command == "eval":
         return _eval_mmeb(a)
+    elif a.command == "traces":
+        return _traces(a)
     elif a.command == "encode":
         import os
 
@@ -83,6 +99,29 @@ def _eval_mmeb(a) -> int:
     except (MMEBDataError, InputError, KeyError, ValueError, ImportError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _traces(a) -> int:
+    import os
+
+    from .data.mmeb_train import MMEBTrainError, read_mmeb_train
+    from .traces import LocalTeacher, OpenAITeacher, generate_traces
+    try:
+        examples = [ex for f in a.data for ex in read_mmeb_train(f, a.image_root, limit=a.limit)]
+    except MMEBTrainError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if a.teacher.startswith(("http://", "https://")):
+        if not a.teacher_model:
+            print("error: --teacher-model is required with an API teacher", file=sys.stderr)
+            return 2
+        teacher = OpenAITeacher(a.teacher, a.teacher_model, os.environ.get(a.api_key_env), a.timeout, a.max_tokens)
+    else:
+        from .model import TTEFlashModel
+        teacher = LocalTeacher(TTEFlashModel.from_pretrained(a.teacher), a.teacher, a.max_tokens)
+    counts = generate_traces(examples, teacher, a.out, workers=a.workers, retries=a.retries, retry_failed=a.retry_failed)
+    print(f"traces: {counts['ok']} written, {counts['failed']} failed, {counts['skipped']} already done -> {a.out}")
     return 0
 
 

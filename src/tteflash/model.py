@@ -186,14 +186,26 @@ class TTEFlashModel(torch.nn.Module):
     def _generate_cot(self, rows: list[Row], max_new_tokens: int | None = None) -> list[list[int]]:
         """Explicit CoT: greedy decoding after [prompt]<|cot|> with the backbone's own generate (KV cache)."""
         p = self.processor
-        seqs = [r.prompt + [p.cot_start] for r in rows]
+        out = self._generate(rows, [p.cot_start], p.cot_end, max_new_tokens or self.config.max_cot_tokens,
+                             suppress=p.never_generated)
+        result = []
+        for seq in out:
+            seq = seq[: seq.index(p.cot_end)] if p.cot_end in seq else seq
+            result.append(seq + [p.cot_end])
+        return result
+
+    def _generate(self, rows: list[Row], prefix: list[int], eos: int | list[int], max_new_tokens: int,
+                  suppress: list[int] | None = None) -> list[list[int]]:
+        """Greedy continuation of [prompt][prefix] per row (left-padded batch, the backbone's generate)."""
+        p = self.processor
+        seqs = [r.prompt + prefix for r in rows]
         L = max(map(len, seqs))
         ids = torch.full((len(rows), L), p.pad_token, dtype=torch.long)
         types = torch.zeros_like(ids)
         attn = torch.zeros_like(ids)
         for b, (s, r) in enumerate(zip(seqs, rows)):  # left padding for batched generation
             ids[b, L - len(s):] = torch.tensor(s)
-            types[b, L - len(r.prompt) - 1: L - 1] = torch.tensor(r.prompt_types)
+            types[b, L - len(s): L - len(prefix)] = torch.tensor(r.prompt_types)
             attn[b, L - len(s):] = 1
         kw = dict(input_ids=ids, attention_mask=attn)
         if "mm_token_type_ids" in self._generate_params:
@@ -204,14 +216,23 @@ class TTEFlashModel(torch.nn.Module):
                 kw[pv] = torch.cat([x for x, _ in items]).to(self.dtype)
                 kw[grid] = torch.tensor([thw for _, thw in items])
         kw = {k: v.to(self.device) for k, v in kw.items()}
-        n = max_new_tokens or self.config.max_cot_tokens
-        out = self.vlm.generate(**kw, max_new_tokens=n, do_sample=False, eos_token_id=p.cot_end,
-                                pad_token_id=p.pad_token, suppress_tokens=p.never_generated)[:, L:].tolist()
-        result = []
-        for seq in out:
-            seq = seq[: seq.index(p.cot_end)] if p.cot_end in seq else seq
-            result.append(seq + [p.cot_end])
-        return result
+        return self.vlm.generate(**kw, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
+                                 pad_token_id=p.pad_token, suppress_tokens=suppress)[:, L:].tolist()
+
+    @torch.inference_mode()
+    def generate_text(self, inputs, max_new_tokens: int = 256, batch_size: int = 8) -> list[str]:
+        """Greedy text after each raw prompt (no chat template): a local VLM as a CoT teacher."""
+        items, _ = self._as_list(inputs)
+        tok = self.backbone.tokenizer
+        eos = [t for t in {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")} if isinstance(t, int) and t >= 0 and t != tok.unk_token_id]
+        out = []
+        self.eval()
+        for s in range(0, len(items), batch_size):
+            rows = [self.processor.prompt_row(x, f"input {s + i}") for i, x in enumerate(items[s:s + batch_size])]
+            for seq in self._generate(rows, [], eos or None, max_new_tokens):
+                seq = seq[: min((seq.index(e) for e in eos if e in seq), default=len(seq))]
+                out.append(tok.decode(seq, skip_special_tokens=True).strip())
+        return out
 
     @torch.inference_mode()
     def generate_cot(self, inputs, batch_size: int = 32, max_new_tokens: int | None = None) -> list[str]:
