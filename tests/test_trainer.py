@@ -128,8 +128,8 @@ def test_contrastive_step_deduplicates_targets(model8, train_examples, no_grad_l
     seen = []
     real_forward = type(model8).forward
 
-    def spy(self, batch):
-        out = real_forward(self, batch)
+    def spy(self, batch, **kw):
+        out = real_forward(self, batch, **kw)
         seen.append((batch, out))
         return out
 

@@ -41,12 +41,18 @@ def from_args(cls, args: argparse.Namespace, prefix: str = ""):
     return cls(**{f.name: getattr(args, prefix + f.name) for f in dataclasses.fields(cls)})
 
 
+THINK_MODES = ("parallel", "recurrent")
+
+
 @dataclasses.dataclass
 class TTEFlashConfig:
     """Model-side settings, saved with a checkpoint as `tteflash_config.json`."""
 
     think_tokens: int = 8
     """K, the number of latent think tokens after the query; 0 is the no-think baseline."""
+    think_mode: str = "parallel"
+    """`parallel`: K learned think embeddings, one pass; `recurrent`: Coconut-style, each think input is the
+    previous position's last hidden state (K + 1 passes)."""
     explicit_cot: bool = False
     """Explicit Think-Then-Embed: generate a CoT after the query, then embed [query][CoT][E]."""
     cot_sees_query: bool = False
@@ -67,6 +73,8 @@ class TTEFlashConfig:
     def __post_init__(self):
         if self.think_tokens < 0:
             raise ValueError(f"think_tokens must be >= 0, got {self.think_tokens}")
+        if self.think_mode not in THINK_MODES:
+            raise ValueError(f"think_mode must be 'parallel' or 'recurrent', got {self.think_mode!r}")
         if self.explicit_cot and self.think_tokens:
             raise ValueError("explicit_cot writes its CoT in text: set think_tokens=0")
 

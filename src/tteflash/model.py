@@ -2,6 +2,7 @@
 
     no-think        [query][E]                       think_tokens=0
     TTE-Flash       [query][T_1..T_K][E]              think_tokens=K (CoT loss on a branch after E)
+    recurrent       the same, T_i fed the state before  think_tokens=K, think_mode="recurrent"
     explicit CoT    [query]<|cot|>[CoT]<|/cot|>[E]    explicit_cot=True (CoT generated, or gold = oracle)
 
 The embedding is the L2-normalised hidden state of E, so a checkpoint is an ordinary last-token
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 from .backbone import Backbone, add_project_tokens, load_backbone, save_backbone
 from .config import TTEFlashConfig
 from .processing import Batch, InputError, Processor, Row
+from .think import recurrent_think_inputs, think_hooks
 
 CONFIG_NAME = "tteflash_config.json"
 
@@ -109,9 +111,22 @@ class TTEFlashModel(torch.nn.Module):
         return self.processor.build_batch(rows, cot_sees_query=self.config.cot_sees_query, dtype=self.dtype).to(self.device)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, batch: Batch) -> Output:
+    def _backbone_pass(self, batch: Batch, *, detach_think: bool = False, output_hidden_states: bool = False):
+        """The backbone over a batch, with the think mode applied (see think.py)."""
+        def run(think_inputs, **kw):
+            with think_hooks(self.vlm, batch.think_mask, think_inputs, detach_think):
+                return self.vlm.model(**batch.model_inputs(), use_cache=False, **kw)
+
+        inputs = None
+        if self.config.think_mode == "recurrent":
+            inputs = recurrent_think_inputs(lambda x: run(x).last_hidden_state, batch.think_mask)
+        return run(inputs, output_hidden_states=output_hidden_states)
+
+    def forward(self, batch: Batch, *, detach_think: bool = False) -> Output:
+        """Embeddings at E and the CoT loss. detach_think: no gradient reaches the think-token states
+        (the `detach` and `staged` schedules)."""
         layer = self.config.embed_layer
-        out = self.vlm.model(**batch.model_inputs(), use_cache=False, output_hidden_states=layer != -1)
+        out = self._backbone_pass(batch, detach_think=detach_think, output_hidden_states=layer != -1)
         last = out.last_hidden_state
         states = last if layer == -1 else out.hidden_states[layer]
         rows = torch.arange(len(batch.embed_index), device=last.device)
@@ -262,7 +277,7 @@ class TTEFlashModel(torch.nn.Module):
             for _ in range(n):
                 rows = [Row(r.prompt, r.prompt_types, r.pixels, think=k, branch_cot=g, embed=False) for r, g in zip(base, gen)]
                 batch = self.make_batch(rows)
-                h = self.vlm.model(**batch.model_inputs(), use_cache=False).last_hidden_state
+                h = self._backbone_pass(batch).last_hidden_state
                 logits = self.vlm.lm_head(h[torch.arange(len(rows)), batch.last_index])
                 logits[:, self.processor.never_generated] = float("-inf")
                 nxt = logits.argmax(-1).tolist()

@@ -137,6 +137,7 @@ class Batch:
     cot_predict: torch.Tensor        # (N, 2) (row, position) whose logits predict a CoT token
     cot_labels: torch.Tensor         # (N,)
     cot_rows: torch.Tensor           # (N,) row of each CoT token (per-example averaging)
+    think_mask: torch.Tensor         # (B, L) True at think-token positions
 
     def model_inputs(self) -> dict:
         out = dict(input_ids=self.input_ids, attention_mask=self.attention_mask, position_ids=self.position_ids)
@@ -315,7 +316,7 @@ class Processor:
         cp = torch.tensor(cot_predict, dtype=torch.long).reshape(-1, 2)
         return Batch(input_ids, type_ids, mask, position_ids, pv, ig, pvv, vg, torch.tensor(embed_index),
                      torch.tensor([len(s) - 1 for s in seqs]), cp, torch.tensor(cot_labels, dtype=torch.long),
-                     torch.tensor(cot_rows, dtype=torch.long))
+                     torch.tensor(cot_rows, dtype=torch.long), role == 2)
 
     _rope_fn = None
 

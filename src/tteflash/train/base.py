@@ -57,7 +57,7 @@ def partial_caption(caption: str, rng: random.Random) -> str:
     return " , ".join(facts[i] for i in keep)
 
 
-def perception_step(model, data, cfg: TrainConfig) -> dict:
+def perception_step(model, data, cfg: TrainConfig, step: int = 0) -> dict:
     pairs, texts = data
     p = model.processor
     caption_rows, image_rows, text_rows, keys = [], [], [], []

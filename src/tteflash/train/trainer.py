@@ -1,7 +1,8 @@
 """The training loop: AdamW, warm-up, clipping, progress bar, atomic checkpoints, exact resume.
 
-What a step computes is a `StepFn(model, examples, cfg) -> dict of scalar tensors` with a "loss"
-entry; the data is a pure function of the step index, so resuming at step s replays exactly.
+What a step computes is a `StepFn(model, examples, cfg, step) -> dict of scalar tensors` with a "loss"
+entry; the data (and any per-step choice) is a pure function of the step index, so resuming at step s
+replays exactly.
 """
 from __future__ import annotations
 
@@ -42,7 +43,15 @@ class TrainConfig:
     cot_weight: float = 1.0
     """lambda in loss = contrastive + lambda * CoT (schedule `joint`); 0 disables the CoT loss."""
     schedule: str = "joint"
-    """How the two tasks are trained: `joint` (contrastive + lambda * CoT from one pass)."""
+    """How the two tasks are trained: `joint` (contrastive + lambda * CoT from one pass), `detach` (the same
+    losses, but the contrastive gradient does not reach the think-token states: a second query pass),
+    `staged` (CoT loss alone for the first staged_cot_fraction of the steps, then contrastive alone with
+    the think states detached)."""
+    staged_cot_fraction: float = 0.3
+    """Share of the steps trained on the CoT loss alone under the `staged` schedule."""
+    nested_think: bool = False
+    """Nested budgets: each step uses the first k think tokens, k drawn from {1, 2, 4, ..., K}, so one
+    checkpoint serves every k (encode(..., think_tokens=k))."""
     hard_negatives: int = 9
     """Hard negatives per query from its pool, the example's hard distractors first (9 = the whole pool)."""
     freeze_vision: bool = True
@@ -55,20 +64,51 @@ class TrainConfig:
     """Seed for the data order and initialisation of anything random."""
 
     def __post_init__(self):
-        if self.schedule != "joint":
-            raise ValueError(f"unknown schedule {self.schedule!r} (available: joint)")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r} (available: {', '.join(SCHEDULES)})")
+        if not 0 <= self.staged_cot_fraction < 1:
+            raise ValueError(f"staged_cot_fraction must be in [0, 1), got {self.staged_cot_fraction}")
+
+    def cot_only(self, step: int) -> bool:
+        """The `staged` schedule's CoT warm-up."""
+        return self.schedule == "staged" and step < int(self.staged_cot_fraction * self.steps)
+
+    def think_budget(self, step: int, k_max: int) -> int:
+        """Think tokens used at this step: k_max, or a nested budget drawn from the step's own seed."""
+        if not self.nested_think or k_max == 0:
+            return k_max
+        budgets = [2 ** i for i in range(k_max.bit_length()) if 2 ** i < k_max] + [k_max]
+        return random.Random(f"{self.seed}/nested/{step}").choice(budgets)
 
 
-StepFn = Callable[[torch.nn.Module, list, TrainConfig], dict]
+SCHEDULES = ("joint", "detach", "staged")
+StepFn = Callable[[torch.nn.Module, list, TrainConfig, int], dict]
 
 
-def contrastive_step(model, examples, cfg: TrainConfig) -> dict:
+def contrastive_step(model, examples, cfg: TrainConfig, step: int = 0) -> dict:
     """Query rows (with their CoT where the method trains one) and de-duplicated target rows.
 
     Queries and targets go through separate forwards: padded together, every short target row would
     be padded to the longest query (think tokens + CoT), doubling the cost of a step."""
+    think = cfg.think_budget(step, model.config.think_tokens)
     train_cot = cfg.cot_weight > 0
-    q_rows = [model.query_row(ex.query, f"{ex.task} query", cot=ex.cot, train_cot=train_cot) for ex in examples]
+    if cfg.schedule != "joint" and not (think and train_cot):
+        raise ValueError(f"schedule {cfg.schedule!r} needs think tokens and a CoT loss (cot_weight > 0)")
+
+    def query_pass(with_cot: bool, detach: bool = False):
+        rows = [model.query_row(ex.query, f"{ex.task} query", cot=ex.cot, train_cot=with_cot, think=think)
+                for ex in examples]
+        return model(model.make_batch(rows), detach_think=detach)
+
+    if cfg.cot_only(step):  # staged warm-up: no targets needed
+        cot = query_pass(True).cot_loss
+        return {"cot": cot, "loss": cot}
+    if cfg.schedule == "joint":
+        q_out = query_pass(train_cot)
+        q_emb, cot = q_out.embeddings, q_out.cot_loss
+    else:  # detach: the CoT from its own pass; staged (second stage): no CoT loss
+        cot = query_pass(True).cot_loss if cfg.schedule == "detach" else None
+        q_emb = query_pass(False, detach=True).embeddings
     keys, d_rows, positive = [], [], []
     for ex in examples:
         rest = [i for i in range(len(ex.candidates)) if i != ex.target and i not in ex.hard_negatives]
@@ -80,14 +120,13 @@ def contrastive_step(model, examples, cfg: TrainConfig) -> dict:
                 d_rows.append(model.document_row(ex.candidates[c], f"{ex.task} candidate"))
             if j == 0:
                 positive.append(keys.index(key))
-    q_out = model(model.make_batch(q_rows))
     docs = model(model.make_batch(d_rows)).embeddings
     pos = torch.tensor(positive, device=docs.device)
-    con = info_nce(q_out.embeddings, docs, pos, cfg.temperature)
+    con = info_nce(q_emb, docs, pos, cfg.temperature)
     result = {"contrastive": con, "loss": con}
-    if q_out.cot_loss is not None:
-        result["cot"] = q_out.cot_loss
-        result["loss"] = con + cfg.cot_weight * q_out.cot_loss
+    if cot is not None:
+        result["cot"] = cot
+        result["loss"] = con + cfg.cot_weight * cot
     return result
 
 
@@ -144,7 +183,7 @@ def train(model, cfg: TrainConfig, out_dir: str, examples_for_step: Callable[[in
                disable=not progress, dynamic_ncols=True)
     t0 = time.perf_counter()
     for step in bar:
-        losses = step_fn(model, examples_for_step(step), cfg)
+        losses = step_fn(model, examples_for_step(step), cfg, step)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

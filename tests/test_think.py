@@ -1,0 +1,125 @@
+"""Think modes and detached think states (think.py), and the schedules and nested budgets that use them."""
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tteflash.config import TTEFlashConfig
+from tteflash.model import TTEFlashModel
+from tteflash.train.trainer import TrainConfig, contrastive_step, train
+
+from conftest import TINY
+
+
+def _reference_recurrent(model, text: str, k: int) -> torch.Tensor:
+    """Coconut written out step by step: grow the sequence one fed-back hidden state at a time."""
+    p = model.processor
+    ids = torch.tensor([p.text_ids(text, "ref")])
+    embed = model.vlm.get_input_embeddings()
+    seq = embed(ids)
+    for _ in range(k):
+        h = model.vlm.model.language_model(inputs_embeds=seq).last_hidden_state
+        seq = torch.cat([seq, h[:, -1:]], dim=1)
+    seq = torch.cat([seq, embed(torch.tensor([[p.embed_token]]))], dim=1)
+    h = model.vlm.model.language_model(inputs_embeds=seq).last_hidden_state
+    return F.normalize(h[0, -1], dim=-1)
+
+
+def test_recurrent_mode_equals_step_by_step_reference(make_model):
+    model = make_model(think_tokens=4, think_mode="recurrent")
+    texts = ["count the red circles", "what is the sum of the digits ?"]  # different lengths: padding
+    emb = model.encode(texts, convert_to_tensor=True)
+    with torch.no_grad():
+        for text, e in zip(texts, emb):
+            torch.testing.assert_close(e, _reference_recurrent(model, text, 4), atol=1e-5, rtol=0)
+    # the learned think embeddings play no part in recurrent mode; they do in parallel mode
+    parallel = make_model(think_tokens=4).encode(texts, convert_to_tensor=True)
+    assert not torch.allclose(emb, parallel, atol=1e-3)
+
+
+def test_recurrent_mode_batches_images_and_videos_like_single_rows(make_model, img84, video4):
+    model = make_model(think_tokens=3, think_mode="recurrent")
+    inputs = [{"text": "what", "image": img84}, "a short text only query here", {"text": "when", "video": video4}]
+    batched = model.encode(inputs)
+    single = np.stack([model.encode(x) for x in inputs])
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+
+
+def test_recurrent_mode_trains_the_cot_and_decodes(fresh_backbone, train_examples):
+    model = TTEFlashModel(fresh_backbone(), TTEFlashConfig(think_tokens=2, think_mode="recurrent"))
+    model.train()
+    out = contrastive_step(model, train_examples[:2], TrainConfig(hard_negatives=1))
+    out["loss"].backward()
+    grads = [p.grad for p in model.vlm.model.language_model.parameters() if p.grad is not None]
+    assert out["cot"].item() > 0 and grads and all(torch.isfinite(g).all() for g in grads)
+    model.eval()
+    assert len(model.decode_thoughts(["count the red circles"], max_new_tokens=3)) == 1
+
+
+def test_think_mode_is_validated():
+    with pytest.raises(ValueError, match="think_mode"):
+        TTEFlashConfig(think_mode="sequential")
+
+
+@pytest.mark.parametrize("mode", ["parallel", "recurrent"])
+def test_detached_think_states_stop_the_embedding_gradient(fresh_backbone, mode):
+    model = TTEFlashModel(fresh_backbone(), TTEFlashConfig(think_tokens=3, think_mode=mode))
+    think_ids = model.processor._think_ids[:3]
+    table = model.vlm.get_input_embeddings().weight
+    rows = [model.query_row("count the red circles", "q"), model.query_row("sum the digits", "q")]
+    batch = model.make_batch(rows)
+
+    def grads(detach: bool):
+        model.zero_grad(set_to_none=True)
+        out = model(batch, detach_think=detach)
+        out.embeddings.sum().backward()
+        return out.embeddings.detach(), table.grad[think_ids].abs().sum().item(), table.grad.abs().sum().item()
+
+    emb, think_grad, all_grad = grads(False)
+    emb_d, think_grad_d, all_grad_d = grads(True)
+    torch.testing.assert_close(emb, emb_d)  # the values are the same; only the gradient path differs
+    if mode == "parallel":
+        assert think_grad > 0  # the embedding reads the think tokens...
+    assert think_grad_d == 0 and all_grad_d > 0  # ...but not through detached states; E and the query still train
+
+
+def test_schedules_and_nested_budgets(fresh_backbone, train_examples):
+    model = TTEFlashModel(fresh_backbone(), TTEFlashConfig(think_tokens=8))
+    staged = TrainConfig(steps=10, schedule="staged", staged_cot_fraction=0.3, hard_negatives=1)
+    assert [staged.cot_only(s) for s in (0, 2, 3, 9)] == [True, True, False, False]
+    assert set(contrastive_step(model, train_examples[:2], staged, step=0)) == {"cot", "loss"}
+    later = contrastive_step(model, train_examples[:2], staged, step=5)
+    assert set(later) == {"contrastive", "loss"} and later["loss"] == later["contrastive"]
+    detach = contrastive_step(model, train_examples[:2], TrainConfig(schedule="detach", cot_weight=0.5,
+                                                                   hard_negatives=1))
+    assert detach["loss"].item() == pytest.approx(detach["contrastive"].item() + 0.5 * detach["cot"].item(), rel=1e-5)
+    with pytest.raises(ValueError, match="needs think tokens"):
+        contrastive_step(TTEFlashModel(fresh_backbone(), TTEFlashConfig(think_tokens=0)), train_examples[:1],
+                         TrainConfig(schedule="detach"))
+    nested = TrainConfig(nested_think=True, seed=3)
+    budgets = [nested.think_budget(s, 8) for s in range(200)]
+    assert set(budgets) == {1, 2, 4, 8} and budgets == [nested.think_budget(s, 8) for s in range(200)]
+    assert {nested.think_budget(s, 6) for s in range(100)} == {1, 2, 4, 6}
+    assert TrainConfig().think_budget(5, 8) == 8 and nested.think_budget(0, 0) == 0
+
+
+def test_nested_training_uses_the_drawn_budget(fresh_backbone, train_examples, tmp_path):
+    model = TTEFlashModel(fresh_backbone(), TTEFlashConfig(think_tokens=4))
+    seen = []
+    real = model.make_batch
+
+    def spy(rows):
+        seen.append(max(r.think for r in rows))
+        return real(rows)
+
+    model.make_batch = spy
+    cfg = TrainConfig(steps=6, batch_size=2, nested_think=True, hard_negatives=1, checkpoint_every=100, seed=1)
+    train(model, cfg, str(tmp_path), lambda s: train_examples[:2], progress=False)
+    query_budgets = seen[0::2]  # query batch, then target batch (targets carry no think tokens)
+    assert query_budgets == [cfg.think_budget(s, 4) for s in range(6)]
+    assert set(seen[1::2]) == {0}
+    # one checkpoint serves every budget
+    for k in (1, 2, 4):
+        assert model.encode(["count the red circles"], think_tokens=k).shape == (1, TINY["hidden_size"])
