@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed-$(shell (cat pyproject.toml; echo) | md5sum | cut -c1-8)
 
-.PHONY: demo test test-slow base clean
+.PHONY: demo test test-slow base study clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -20,6 +20,9 @@ test-slow: $(STAMP)  # exit status 5 = no slow test collected yet
 
 base: $(STAMP)
 	$(PY) -m tteflash.cli base
+
+study: $(STAMP)  # hours on 2 cores: see configs/study.yaml and docs/results.md
+	$(PY) -m tteflash.cli study --config configs/study.yaml
 
 clean:
 	rm -rf runs/demo

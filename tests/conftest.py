@@ -97,6 +97,16 @@ def train_examples():
     return [bench.make_example(task, "train", i) for i, task in enumerate(bench.TASK_NAMES[:8])]
 
 
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory):
+    """A base checkpoint from two steps of `make base` code at TINY size (demo and study tests)."""
+    from tteflash.train.base import build_base
+
+    out = tmp_path_factory.mktemp("base") / "base"
+    build_base(str(out), steps=2, progress=False, **TINY)
+    return str(out)
+
+
 @pytest.fixture
 def no_grad_leak(backbone):
     """Clear gradients a test leaves on the shared backbone."""

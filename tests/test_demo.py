@@ -1,24 +1,20 @@
 """End to end on a tiny base: `make base` and `make demo` code paths, results layout, reuse, CLI."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tteflash.cli import main as cli
-from tteflash.train.base import build_base
 from tteflash.train.demo import METHODS, run_demo
 from tteflash.train.trainer import TrainConfig
 
-from conftest import TINY
 
 
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    out = tmp_path_factory.mktemp("base") / "base"
-    info = build_base(str(out), steps=2, progress=False, **TINY)
-    assert info["steps"] == 2 and (out / "model.safetensors").exists()
-    assert not (out.parent / "base.work").exists()  # the work folder is removed once the base is written
-    return str(out)
+def test_tiny_base_is_written_whole(tiny_base):
+    info = json.loads((Path(tiny_base) / "base_info.json").read_text())
+    assert info["steps"] == 2 and (Path(tiny_base) / "model.safetensors").exists()
+    assert not Path(tiny_base + ".work").exists()  # the work folder is removed once the base is written
 
 
 def test_demo_writes_results_in_the_documented_layout(tiny_base, tmp_path):

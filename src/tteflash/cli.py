@@ -24,6 +24,11 @@ def main(argv=None) -> int:
     base.add_argument("--steps", type=int, default=3200, help="optimizer steps (about 36 minutes on 2 cores)")
     base.add_argument("--seed", type=int, default=0)
 
+    st = sub.add_parser("study", help="the design-study grid: train, evaluate, report (resumable)")
+    st.add_argument("--config", default="configs/study.yaml", help="study grid (YAML)")
+    st.add_argument("--seeds", default=None, help="comma-separated subset of the config's seeds")
+    st.add_argument("--device", default="cpu")
+
     enc = sub.add_parser("encode", help="embed texts (one per line of a file, or arguments) and save a .npy")
     enc.add_argument("--model", required=True, help="checkpoint directory or hub id")
     enc.add_argument("--out", required=True, help="output .npy file")
@@ -59,6 +64,9 @@ def main(argv=None) -> int:
     elif a.command == "base":
         from .train.base import build_base
         build_base(a.out, steps=a.steps, seed=a.seed)
+    elif a.command == "study":
+        from .train.study import main as study_main
+        study_main(["--config", a.config, "--device", a.device] + (["--seeds", a.seeds] if a.seeds else []))
     elif a.command == "eval":
         return _eval_mmeb(a)
     elif a.command == "traces":

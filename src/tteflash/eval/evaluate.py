@@ -20,34 +20,37 @@ def content_key(item: dict) -> str:
     return h.hexdigest()
 
 
-def _time_queries(model, queries, batch_size, cot) -> tuple[np.ndarray, float]:
+def _time_queries(model, queries, batch_size, cot, think_tokens=None) -> tuple[np.ndarray, float]:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     t = time.perf_counter()
-    emb = model.encode(queries, batch_size=batch_size, role="query", cot=cot, show_progress_bar=False)
+    emb = model.encode(queries, batch_size=batch_size, role="query", cot=cot, think_tokens=think_tokens,
+                       show_progress_bar=False)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return emb, (time.perf_counter() - t) * 1000 / max(1, len(queries))
 
 
 def evaluate(model, examples, groups: dict[str, str], *, batch_size: int = 32, gold_cot: bool = False,
-             b1_queries: int = 45) -> dict:
+             b1_queries: int = 45, think_tokens: int | None = None) -> dict:
     """Evaluate on `examples` (each with .task, .query, .cot, .candidates, .target).
 
     gold_cot: give the gold CoT at test time (the explicit-CoT oracle).
+    think_tokens: the think budget at test time (default: the model's).
     Encode cost is the query side (targets are indexed once, offline): ms per query at `batch_size`
     over all queries, and at batch 1 over the first `b1_queries` queries spread across tasks.
     """
     queries = [ex.query for ex in examples]
     cots = [ex.cot for ex in examples] if gold_cot else None
-    model.encode(queries[:2], batch_size=2, cot=cots[:2] if cots else None)  # warm-up: one-off costs untimed
-    q_emb, ms_batch = _time_queries(model, queries, batch_size, cots)
+    model.encode(queries[:2], batch_size=2, cot=cots[:2] if cots else None, think_tokens=think_tokens)  # warm-up
+    q_emb, ms_batch = _time_queries(model, queries, batch_size, cots, think_tokens)
     by_task_idx: dict[str, list[int]] = {}
     for i, ex in enumerate(examples):
         by_task_idx.setdefault(ex.task, []).append(i)
     per_task_b1 = max(1, b1_queries // len(by_task_idx))
     b1 = [i for idx in by_task_idx.values() for i in idx[:per_task_b1]]
-    _, ms_b1 = _time_queries(model, [queries[i] for i in b1], 1, [cots[i] for i in b1] if cots else None)
+    _, ms_b1 = _time_queries(model, [queries[i] for i in b1], 1, [cots[i] for i in b1] if cots else None,
+                             think_tokens)
 
     keys, unique = {}, []
     pools = []

@@ -19,16 +19,16 @@ from .trainer import TrainConfig, train
 
 # Every compared method is a configuration of the same model, trained with the same TrainConfig.
 METHODS = {
-    "no_think": ({"think_tokens": 0, "explicit_cot": False}, False),
-    "tte_flash_k8": ({"think_tokens": 8, "explicit_cot": False}, True),
-    "explicit_cot": ({"think_tokens": 0, "explicit_cot": True}, True),
+    "no_think": {"think_tokens": 0, "explicit_cot": False},
+    "tte_flash_k8": {"think_tokens": 8, "explicit_cot": False},
+    "explicit_cot": {"think_tokens": 0, "explicit_cot": True},
 }
 GROUP_ORDER = ["image-CLS", "image-QA", "image-RET", "image-VG", "video-QA", "visdoc"]
 
 
-def examples_for_step(step: int, batch_size: int, tasks=bench.TASK_NAMES) -> list:
-    """Balanced over tasks, a pure function of the step (exact resume)."""
-    start = step * batch_size
+def examples_for_step(step: int, batch_size: int, tasks=bench.TASK_NAMES, seed: int = 0) -> list:
+    """Balanced over tasks, a pure function of the step (exact resume); each seed reads its own examples."""
+    start = step * batch_size + seed * len(tasks) * 10**6  # a multiple of len(tasks): the same task order
     return [bench.make_example(tasks[i % len(tasks)], "train", i // len(tasks)) for i in range(start, start + batch_size)]
 
 
@@ -49,18 +49,25 @@ def _write_atomic(path: str, text: str) -> None:
 
 
 def run_method(name: str, base: str, out: str, cfg: TrainConfig, test, groups, progress=True,
-               device: str = "cpu") -> dict:
+               device: str = "cpu", overrides: dict | None = None, eval_think: list[int] | None = None) -> dict:
+    """Train one configuration from the base, evaluate it, write `out/name/result.json` (reused when present).
+
+    overrides: model settings (default: METHODS[name]); eval_think: also evaluate at these think budgets
+    (entries `name@k`, for nested-budget models)."""
     done = os.path.join(out, name, "result.json")
     if os.path.exists(done):  # finished methods are not recomputed
         with open(done) as f:
             return json.load(f)
-    overrides, trains_cot = METHODS[name]
-    model = TTEFlashModel.from_pretrained(base, overrides, device=device)
+    model = TTEFlashModel.from_pretrained(base, METHODS[name] if overrides is None else overrides, device=device)
+    trains_cot = model.config.method != "no_think"
     mcfg = dataclasses.replace(cfg, cot_weight=cfg.cot_weight if trains_cot else 0.0)
-    state = train(model, mcfg, os.path.join(out, name), lambda s: examples_for_step(s, cfg.batch_size),
+    state = train(model, mcfg, os.path.join(out, name), lambda s: examples_for_step(s, cfg.batch_size, seed=cfg.seed),
                   progress=progress, desc=name)
     model.save_pretrained(os.path.join(out, name, "model"))
     result = {name: evaluate(model, test, groups)}
+    for k in eval_think or []:
+        result[f"{name}@{k}"] = {**evaluate(model, test, groups, think_tokens=k),
+                                 "train_seconds": state["train_seconds"], "train_steps": state["step"]}
     first, last = _loss_ends(state["history"], "cot")
     result[name].update(train_seconds=state["train_seconds"], train_steps=state["step"])
     if first is not None:

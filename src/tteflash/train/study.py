@@ -1,0 +1,226 @@
+"""`make study`: the design study. Every configuration in a YAML grid is trained from the same base with
+the same TrainConfig (equal steps), for several seeds, evaluated on TTE-Bench's test split, and reported.
+
+Finished runs are reused (resumable); results.json, report.md and three plots are rewritten each time
+from whatever has finished. The config layout is documented in configs/study.yaml.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..config import TTEFlashConfig
+from ..data import bench
+from .demo import GROUP_ORDER, _write_atomic, run_method
+from .trainer import TrainConfig
+
+
+@dataclass
+class StudyRun:
+    name: str
+    """Configuration name, the same across seeds; TTE-Flash configurations start with `tte_flash`."""
+    model: dict
+    """TTEFlashConfig overrides on top of the base (e.g. {think_tokens: 8, think_mode: recurrent})."""
+    train: dict = field(default_factory=dict)
+    """TrainConfig overrides on top of the study's common ones (e.g. {schedule: detach})."""
+    k_mode: str | None = None
+    """Curve this run belongs to in the K-scaling plot (parallel | recurrent); its K is think_tokens."""
+    eval_think: list = field(default_factory=list)
+    """Nested budgets: also evaluate at these K (the `nested` curve)."""
+    seeds: list | None = None
+    """Seeds for this run (default: the study's); secondary variants may use fewer."""
+
+
+@dataclass
+class Study:
+    base: str
+    out: str
+    runs: list
+    seeds: list = field(default_factory=lambda: [0, 1, 2])
+    train: dict = field(default_factory=dict)
+    n_test: int | None = None
+    main: list = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: str) -> "Study":
+        import yaml
+
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+        unknown = set(raw) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+        runs = [StudyRun(**r) for r in raw.pop("runs")]
+        names = [r.name for r in runs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{path}: run names must be unique")
+        study = cls(runs=runs, **raw)
+        known = {f.name for f in dataclasses.fields(TTEFlashConfig)}
+        for r in runs:  # fail before hours of training, not in the middle
+            if set(r.model) - known:
+                raise ValueError(f"{path}: run {r.name}: unknown model settings {sorted(set(r.model) - known)}")
+            TTEFlashConfig(**r.model)
+            TrainConfig(**{**study.train, **r.train})
+        return study
+
+
+def run_study(study: Study, progress: bool = True, device: str = "cpu", only_seeds: list | None = None) -> dict:
+    test = bench.load_split("test", n_per_task=study.n_test)
+    groups = {t.name: t.group for t in bench.TASKS}
+    entries = []
+    for seed in only_seeds or study.seeds:
+        for run in study.runs:
+            if seed not in (run.seeds or study.seeds):
+                continue
+            cfg = TrainConfig(**{**study.train, **run.train, "seed": seed})
+            res = run_method(run.name, study.base, os.path.join(study.out, f"seed{seed}"), cfg, test, groups,
+                             progress, device, overrides=run.model, eval_think=run.eval_think)
+            for key, r in res.items():
+                k = int(key.split("@")[1]) if "@" in key else None
+                entries.append({"name": key.split("@")[0] if k is None else f"{run.name}_k{k}", "seed": seed,
+                                "config": {"model": run.model, "train": dataclasses.asdict(cfg),
+                                           **({"eval_think_tokens": k} if k is not None else {})},
+                                "k_mode": "nested" if k is not None else run.k_mode,
+                                "k": k if k is not None else run.model.get("think_tokens", 0),
+                                "overall": r["overall"], "by_group": {g: v for g, v in r["by_group"].items()},
+                                "encode_ms_per_query": r["encode_ms_per_query"], "train_seconds": r["train_seconds"]})
+            write_outputs(study, entries)
+    return write_outputs(study, entries)
+
+
+def _by_name(entries) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for e in entries:
+        out.setdefault(e["name"], []).append(e)
+    return out
+
+
+def _mean_std(values) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def summarise(entries: list[dict]) -> tuple[list[dict], list[str]]:
+    """K-scaling points and conclusions, computed from the runs (nothing hand-written)."""
+    names = _by_name(entries)
+    scaling = []
+    baseline = names.get("no_think", [])
+    modes = sorted({e["k_mode"] for e in entries if e["k_mode"]})
+    for mode in modes:
+        ks = sorted({e["k"] for e in entries if e["k_mode"] == mode})
+        for k in ([0] if baseline else []) + ks:
+            pts = baseline if k == 0 else [e for e in entries if e["k_mode"] == mode and e["k"] == k]
+            m, s = _mean_std([e["overall"]["hit@1"] for e in pts])
+            scaling.append({"mode": mode, "k": k, "hit@1_mean": m, "hit@1_std": s, "n_seeds": len(pts)})
+    conclusions = []
+    if baseline:
+        b_mean, b_std = _mean_std([e["overall"]["hit@1"] for e in baseline])
+        flash = {n: _mean_std([e["overall"]["hit@1"] for e in v]) for n, v in names.items() if n.startswith("tte_flash")}
+        if flash:
+            best = max(flash, key=lambda n: flash[n][0])
+            m, s = flash[best]
+            diff, spread = 100 * (m - b_mean), 100 * max(s, b_std)
+            verdict = "larger than" if abs(diff) > spread else "inside"
+            conclusions.append(
+                f"Best TTE-Flash setting {best}: overall hit@1 {100 * m:.1f} +- {100 * s:.1f} vs no_think "
+                f"{100 * b_mean:.1f} +- {100 * b_std:.1f} ({diff:+.1f} points, {verdict} the spread of "
+                f"{spread:.1f}; {len(names[best])} vs {len(baseline)} seeds).")
+            conclusions.append("The >= 5-point target over no-think is " + ("met." if diff >= 5 and diff > spread else "not met."))
+    return scaling, conclusions
+
+
+def write_outputs(study: Study, entries: list[dict]) -> dict:
+    scaling, conclusions = summarise(entries)
+    results = {"runs": entries, "k_scaling": scaling, "conclusions": conclusions}
+    os.makedirs(study.out, exist_ok=True)
+    _write_atomic(os.path.join(study.out, "results.json"), json.dumps(results, indent=2))
+    plots = make_plots(results, study.out, study.main)
+    _write_atomic(os.path.join(study.out, "report.md"), report(results, plots))
+    return results
+
+
+def report(results: dict, plots: list[str]) -> str:
+    names = _by_name(results["runs"])
+    head = ["configuration", "seeds", "overall hit@1 (mean +- std)"] + GROUP_ORDER + ["ms/query b32", "train s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, runs in names.items():
+        m, s = _mean_std([r["overall"]["hit@1"] for r in runs])
+        cells = [name, str(len(runs)), f"{100 * m:.1f} +- {100 * s:.1f}"]
+        cells += [f"{100 * np.mean([r['by_group'][g]['hit@1'] for r in runs]):.1f}" for g in GROUP_ORDER]
+        cells += [f"{np.mean([r['encode_ms_per_query'] for r in runs]):.2f}", f"{np.mean([r['train_seconds'] for r in runs]):.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    k_lines = ["| mode | K | hit@1 mean | std | seeds |", "|---|---|---|---|---|"]
+    k_lines += [f"| {p['mode']} | {p['k']} | {100 * p['hit@1_mean']:.1f} | {100 * p['hit@1_std']:.1f} | {p['n_seeds']} |"
+                for p in results["k_scaling"]]
+    return "\n".join(["# Design study on TTE-Bench", "", "Scores: hit@1 (%) on the test split; per meta-task = "
+                      "mean over its tasks, averaged over seeds.", "", *lines, "", "## Think-budget scaling", "",
+                      *k_lines, "", "## Conclusions (computed)", "", *[f"- {c}" for c in results["conclusions"]],
+                      "", *[f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots], ""])
+
+
+def make_plots(results: dict, out: str, main: list[str]) -> list[str]:
+    """(a) hit@1 vs K per mode, (b) hit@1 vs encode cost, (c) per-meta-task bars for the main variants."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    names = _by_name(results["runs"])
+    if results["k_scaling"]:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for mode in sorted({p["mode"] for p in results["k_scaling"]}):
+            pts = [p for p in results["k_scaling"] if p["mode"] == mode]
+            ax.errorbar([p["k"] for p in pts], [100 * p["hit@1_mean"] for p in pts],
+                        yerr=[100 * p["hit@1_std"] for p in pts], marker="o", capsize=3, label=mode)
+        ax.set(xlabel="think tokens K", ylabel="overall hit@1 (%)", xscale="symlog", title="Think-budget scaling")
+        ax.legend()
+        paths.append(_save(fig, out, "k_scaling.png"))
+    if names:
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        for name, runs in names.items():
+            x, y = np.mean([r["encode_ms_per_query"] for r in runs]), 100 * np.mean([r["overall"]["hit@1"] for r in runs])
+            ax.scatter(x, y)
+            ax.annotate(name, (x, y), fontsize=6)
+        ax.set(xlabel="encode ms/query (batch 32)", ylabel="overall hit@1 (%)", xscale="log", title="Quality vs cost")
+        paths.append(_save(fig, out, "quality_vs_cost.png"))
+    shown = [n for n in main if n in names]
+    if shown:
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        width = 0.8 / len(shown)
+        for i, name in enumerate(shown):
+            vals = [100 * np.mean([r["by_group"][g]["hit@1"] for r in names[name]]) for g in GROUP_ORDER]
+            ax.bar(np.arange(len(GROUP_ORDER)) + i * width, vals, width, label=name)
+        ax.set_xticks(np.arange(len(GROUP_ORDER)) + 0.4 - width / 2, GROUP_ORDER, fontsize=7)
+        ax.set(ylabel="hit@1 (%)", title="Per meta-task")
+        ax.legend(fontsize=6)
+        paths.append(_save(fig, out, "by_group.png"))
+    return paths
+
+
+def _save(fig, out: str, name: str) -> str:
+    path = os.path.join(out, name)
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png", dpi=120)
+    os.replace(path + ".tmp.png", path)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return path
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Run the design-study grid (resumable) and write its report.")
+    ap.add_argument("--config", default="configs/study.yaml")
+    ap.add_argument("--seeds", default=None, help="comma-separated subset of the config's seeds")
+    ap.add_argument("--device", default="cpu")
+    a = ap.parse_args(argv)
+    seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else None
+    print("\n".join(run_study(Study.load(a.config), device=a.device, only_seeds=seeds)["conclusions"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The design-study runner: config validation, equal budgets, resumable runs, results layout, plots."""
+import json
+from pathlib import Path
+
+import pytest
+
+from tteflash.train import study as S
+
+CONFIG = """
+base: {base}
+out: {out}
+n_test: 1
+seeds: [0, 1]
+train: {{steps: 2, batch_size: 2, hard_negatives: 1, checkpoint_every: 100, log_every: 1}}
+main: [no_think, tte_flash_k2]
+runs:
+  - {{name: no_think, model: {{think_tokens: 0}}}}
+  - {{name: tte_flash_k2, model: {{think_tokens: 2}}, k_mode: parallel}}
+  - {{name: tte_flash_nested, model: {{think_tokens: 2}}, train: {{nested_think: true}}, eval_think: [1, 2], seeds: [0]}}
+"""
+
+
+def _write(tmp_path, text, **kw) -> str:
+    path = tmp_path / "study.yaml"
+    path.write_text(text.format(**kw))
+    return str(path)
+
+
+def test_study_runs_resumes_and_writes_the_documented_layout(tiny_base, tmp_path, monkeypatch):
+    out = tmp_path / "study"
+    study = S.Study.load(_write(tmp_path, CONFIG, base=tiny_base, out=out))
+    results = S.run_study(study, progress=False)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    names = [(r["name"], r["seed"]) for r in saved["runs"]]
+    assert names == [("no_think", 0), ("tte_flash_k2", 0), ("tte_flash_nested", 0), ("tte_flash_nested_k1", 0),
+                     ("tte_flash_nested_k2", 0), ("no_think", 1), ("tte_flash_k2", 1)]  # nested: seed 0 only
+    for r in saved["runs"]:
+        assert {"name", "config", "seed", "overall", "by_group", "encode_ms_per_query", "train_seconds"} <= set(r)
+        assert 0 <= r["overall"]["hit@1"] <= 1 and r["config"]["train"]["steps"] == 2  # equal budgets
+        assert r["config"]["train"]["seed"] == r["seed"]
+    # K scaling: no_think is K = 0 of every curve; nested comes from one checkpoint at two budgets
+    modes = {(p["mode"], p["k"]): p for p in saved["k_scaling"]}
+    assert set(modes) == {("parallel", 0), ("parallel", 2), ("nested", 0), ("nested", 1), ("nested", 2)}
+    runs = {(r["name"], r["seed"]): r["overall"]["hit@1"] for r in saved["runs"]}
+    p2 = modes[("parallel", 2)]
+    assert p2["n_seeds"] == 2 and p2["hit@1_mean"] == pytest.approx((runs["tte_flash_k2", 0] + runs["tte_flash_k2", 1]) / 2)
+    assert any("no_think" in c for c in saved["conclusions"])
+    report = (out / "report.md").read_text()
+    assert "tte_flash_nested_k1" in report and "Think-budget scaling" in report
+    for png in ("k_scaling.png", "quality_vs_cost.png", "by_group.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    # resumable: finished runs are read back, not retrained
+    monkeypatch.setattr("tteflash.train.demo.train", lambda *a, **k: pytest.fail("retrained a finished run"))
+    assert S.run_study(study, progress=False) == results
+
+
+def test_study_config_errors_name_the_problem(tmp_path):
+    bad_model = CONFIG.replace("think_tokens: 0}", "think_tokens: 0, thinking: 3}")
+    with pytest.raises(ValueError, match="no_think: unknown model settings \\['thinking'\\]"):
+        S.Study.load(_write(tmp_path, bad_model, base="b", out="o"))
+    bad_schedule = CONFIG.replace("nested_think: true", "schedule: alternate")
+    with pytest.raises(ValueError, match="unknown schedule"):
+        S.Study.load(_write(tmp_path, bad_schedule, base="b", out="o"))
+    with pytest.raises(ValueError, match="unknown keys \\['stesp'\\]"):
+        S.Study.load(_write(tmp_path, CONFIG + "stesp: 3\n", base="b", out="o"))
+
+
+def test_seeds_read_different_training_data():
+    from tteflash.train.demo import examples_for_step
+
+    a, b = examples_for_step(0, 4, seed=0), examples_for_step(0, 4, seed=1)
+    assert [x.task for x in a] == [x.task for x in b] and [x.cot for x in a] != [x.cot for x in b]
