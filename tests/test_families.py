@@ -39,6 +39,21 @@ def test_qwen2_5_vl_images_video_and_cot_loss(tokenizer):
     assert abs(float((emb ** 2).sum(1).mean()) - 1) < 1e-5
     out = model(model.make_batch([model.query_row(image.query, cot=image.cot, train_cot=True)]))
     assert out.cot_loss is not None and torch.isfinite(out.cot_loss)
+    _check_think_modes(model, [video.query, image.query])
+
+
+def _check_think_modes(model, queries):
+    """Recurrent think mode and detached think states run through this family's decoder layers."""
+    parallel = model.encode(queries, convert_to_tensor=True)
+    model.config.think_mode = "recurrent"
+    try:
+        recurrent = model.encode(queries, convert_to_tensor=True)
+        assert torch.isfinite(recurrent).all() and not torch.allclose(recurrent, parallel, atol=1e-4)
+        batch = model.make_batch([model.query_row(q) for q in queries])
+        out = model(batch, detach_think=True)
+        torch.testing.assert_close(out.embeddings, recurrent, atol=1e-5, rtol=0)
+    finally:
+        model.config.think_mode = "parallel"
 
 
 def test_qwen3_vl_images_and_clear_video_error(tokenizer):
@@ -53,5 +68,6 @@ def test_qwen3_vl_images_and_clear_video_error(tokenizer):
                           TTEFlashConfig(think_tokens=4))
     image = bench.make_example("count_vqa", "test", 0)
     assert model.encode([image.query, "a text"]).shape == (2, 64)
+    _check_think_modes(model, [image.query, "a text"])
     with pytest.raises(NotImplementedError, match="input 0: video"):
         model.encode([bench.make_example("video_digit_qa", "test", 0).query])
