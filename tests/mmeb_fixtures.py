@@ -110,6 +110,39 @@ def build(root: Path) -> tuple[Path, Path]:
         _frames(mret / clip, 8, seed)
     write_repo(ann, "VLM2Vec/Charades-STA", {"default": {"test": [dict(query="person opens door", video_path="/x/movA.mp4")]}})
 
+    # more video parsers, read by the reader tests only (not in TASKS)
+    _frames(frames / "video_qa" / "EgoSchema" / "egoA", 8, 11)
+    write_repo(ann, "VLM2Vec/EgoSchema", {"Subset": {"test": [
+        dict(video_idx="egoA", question="what is c doing?", answer="2", question_idx="egoA",
+             option=["A. cooking", "B. reading", "C. cleaning.", "D. running", "E. sleeping"])]}})
+    _frames(frames / "video_qa" / "ActivityNetQA" / "v_actA", 8, 12)
+    write_repo(ann, "VLM2Vec/ActivityNetQA", {"default": {"test": [
+        dict(video_name="actA", question="is the man swimming", answer="no", question_id="act_1")]}})
+    for sub, vid in (("action_antonym", "mvA.webm"), ("object_shuffle", "mvB.mp4")):
+        _frames(frames / "video_qa" / "MVBench" / sub / vid, 8, 13)
+    write_repo(ann, "VLM2Vec/MVBench", {
+        "action_antonym": {"train": [dict(video="mvA.webm", question="what happens?", candidates=["up", "down"],
+                                          answer="down")]},
+        "object_shuffle": {"train": [dict(video="mvB.mp4", question="where is it?", candidates=["left", "right", "middle"],
+                                          answer="left")]}})
+    for vid, seed in (("segA", 14), ("segB", 15)):
+        _frames(frames / "video_ret" / "YouCook2" / vid, 8, seed)
+    write_repo(ann, "lmms-lab/YouCook2", {"default": {"val": [  # two segments of one YouTube video
+        dict(id="segA", video_id="yt1", video_path="val/x/yt1.mp4", sentence="cut the onion"),
+        dict(id="segB", video_id="yt1", video_path="val/x/yt1.mp4", sentence="fry the onion")]}})
+    seek = frames / "video_mret" / "MomentSeeker" / "video_frames"
+    for name, seed in (("src_q1", 16), ("clips_p1", 17), ("clips_n1", 18), ("clips_n2", 19)):
+        _frames(seek / name, 8, seed)
+    _save(image(20), frames / "video_mret" / "MomentSeeker" / "query_img1.jpg")
+    clip = lambda p: {"output_path": p}  # noqa: E731
+    write_repo(ann, "VLM2Vec/MomentSeeker", {"default": {"test": [
+        dict(query="a man jumps", input_frames="src/q1.mp4", positive_frames=[clip("clips/p1.mp4")],
+             negative_frames=[clip("clips/n1.mp4"), clip("clips/n2.mp4")]),
+        dict(query="the same dog", input_frames="img1.jpg", positive_frames=[clip("clips/n1.mp4")],
+             negative_frames=[clip("clips/p1.mp4")]),
+        dict(query="someone sings", input_frames="", positive_frames=[clip("clips/n2.mp4")],
+             negative_frames=[clip("clips/n1.mp4")])]}})
+
     def beir(repo, media, queries, corpus, qrels, split="test", on_disk=(), hashed=False):
         from tteflash.eval.mmeb.readers import _page_file
         feats = {"corpus": Features({"corpus-id": Value("string"), "image": DImage()})}

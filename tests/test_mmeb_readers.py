@@ -1,6 +1,7 @@
 """Readers for the official MMEB-v2 formats, on the fixtures (tests/mmeb_fixtures.py)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def test_video_readers(mmeb_fixture):
     qa = read(mmeb_fixture, "NExTQA")
     assert qa.queries[0]["text"].startswith(" Given a video and a question, select")
     assert qa.queries[0]["text"].endswith("Question:  what happens first?\nOptions:\n(A) optA\n(B) optB\n(C) optC\n(D) optD\n(E) optE")
-    assert qa.qrels[0] == {"optB": 1.0} and qa.query_ids == ["7"]
+    assert qa.qrels[0] == {"optB": 1.0} and qa.query_ids == ["qvidA:7"]  # NExTQA's qid repeats across videos
     ret = read(mmeb_fixture, "MSR-VTT")
     assert ret.pools is None and list(ret.candidates) == ["retA", "retB"]  # retA twice in the data: once here
     assert [q["text"] for q in ret.queries][1] == "Find a video that contains the following visual content: a dog runs"
@@ -56,6 +57,42 @@ def test_video_readers(mmeb_fixture):
     mret = read(mmeb_fixture, "Charades-STA")
     assert mret.pools[0] == ["movA/negative_0", "movA/negative_1", "movA/positive_0"]
     assert mret.qrels[0] == {"movA/positive_0": 1.0}
+
+
+def test_video_qa_parsers_follow_the_reference(mmeb_fixture):
+    ego = read(mmeb_fixture, "EgoSchema")  # options "A. x": names as given, texts cut as the reference cuts them
+    assert ego.queries[0]["text"].endswith("Question:  what is c doing?A. cooking B. reading C. cleaning. D. running E. sleeping")
+    assert ego.pools[0][2] == "C. cleaning." and ego.candidates["C. cleaning."].text == "cleaning"
+    assert ego.qrels == [{"C. cleaning.": 1.0}] and len(ego.queries[0]["video"]) == 8
+    act = read(mmeb_fixture, "ActivityNetQA")
+    assert act.queries[0]["text"].endswith("Question:  is the man swimming? (A) yes; (B) no.")
+    assert act.pools == [["yes", "no"]] and act.qrels == [{"no": 1.0}] and act.query_ids == ["act_1"]
+    assert "/ActivityNetQA/v_actA/" in act.queries[0]["video"][0]
+    mv = TASKS["MVBench"]
+    assert len(mv.args["subsets"]) == 20
+    mv = dataclasses.replace(mv, args={**mv.args, "subsets": ["action_antonym", "object_shuffle"]})
+    ann, data, cache = mmeb_fixture
+    d = read_task(mv, data, annotations=ann, cache_dir=cache)
+    assert d.pools == [["(A) up", "(B) down"], ["(A) left", "(B) right", "(C) middle"]]
+    assert d.qrels == [{"(B) down": 1.0}, {"(A) left": 1.0}] and d.candidates["(B) down"].text == "(B) down"
+    assert d.queries[1]["text"].endswith("Question:  where is it?\nOptions:\n(A) left\n(B) right\n(C) middle")
+    assert "/MVBench/object_shuffle/mvB.mp4/" in d.queries[1]["video"][0]
+
+
+def test_youcook2_and_momentseeker(mmeb_fixture):
+    yc = read(mmeb_fixture, "YouCook2")  # segments of one video are separate candidates, named by `id`
+    assert list(yc.candidates) == ["segA", "segB"] and yc.qrels == [{"segA": 1.0}, {"segB": 1.0}]
+    ms = read(mmeb_fixture, "MomentSeeker")
+    assert ms.pools[0] == ["video_frames/clips_p1", "video_frames/clips_n1", "video_frames/clips_n2"]
+    assert ms.qrels == [{"video_frames/clips_p1": 1.0}, {"video_frames/clips_n1": 1.0}, {"video_frames/clips_n2": 1.0}]
+    assert len(ms.candidates) == 3  # clips shared between queries are encoded once
+    q_video, q_image, q_text = ms.queries
+    assert q_video["text"] == " Find the clip that corresponds to the given sentence and video segment: a man jumps"
+    assert "/video_frames/src_q1/" in q_video["video"][0]
+    assert q_image["text"] == " Select the video clip that aligns with the given text and image: the same dog"
+    assert q_image["image"].endswith("MomentSeeker/query_img1.jpg")
+    assert q_text == {"text": "Find the clip that corresponds to the given text: someone sings", "image": None, "video": None}
+    assert ms.candidates["video_frames/clips_n1"].text == " Understand the content of the provided video clip."
 
 
 def test_visdoc_global_pool_dedup_and_graded_qrels(mmeb_fixture):

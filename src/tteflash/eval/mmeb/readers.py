@@ -220,7 +220,7 @@ def _read_video_cls(t: Task, rows, root: Path, data_root: Path) -> TaskData:
     b = _Builder(t, local=t.parser == "ssv2")
     q_text = prompt(VID, t.args["instruction"])
     labels_file = data_root / "video-tasks" / "labels" / f"{t.name}.txt"
-    fixed = labels_file.read_text().splitlines() if labels_file.is_file() else None
+    fixed = [x.strip() for x in labels_file.read_text().splitlines() if x.strip()] if labels_file.is_file() else None
     for label in fixed or []:  # the reference's fixed label list, when the user supplies it
         b.add_candidate(label, lambda label=label: Candidate(label))
     for row in rows:
@@ -257,27 +257,75 @@ def _qa_query(t: Task, question: str) -> str:
     return f"{VID} {t.args['prompt']} {question}"
 
 
+def _option_text(option: str) -> str:
+    """"A. text" -> "text", exactly as the reference cuts its options (quirks kept: it scores with them)."""
+    return option[option.find(". "):].strip(". ")
+
+
+def _qa_template(question: str, options: list[str]) -> str:
+    """The reference's qa_template: the question, then "Options:" and one "(A) option" line each."""
+    return (question + "\nOptions:\n" + "".join(f"({chr(65 + j)}) {o}\n" for j, o in enumerate(options))).rstrip()
+
+
+def _qa_nextqa(t: Task, row: dict, i: int):
+    options = [str(_column(row, f"a{j}", t.name)) for j in range(5)]
+    q = _qa_template(_qa_query(t, _column(row, "question", t.name)), options)
+    vid = str(_column(row, "video", t.name))
+    answer = options[int(_column(row, "answer", t.name))]
+    return q, vid, options, options, answer, f"{vid}:{row.get('qid', i)}"  # NExTQA's qid is per video
+
+
+def _qa_videomme(t: Task, row: dict, i: int):
+    options = [str(o) for o in _column(row, "options", t.name)]
+    q = _qa_query(t, _column(row, "question", t.name) + "\n" + "\n".join(options))
+    answer = options["ABCDEFGH".index(str(_column(row, "answer", t.name)))]
+    return (q, str(_column(row, "videoID", t.name)), options, [_option_text(o) for o in options], answer,
+            row.get("question_id", i))
+
+
+def _qa_egoschema(t: Task, row: dict, i: int):
+    options = [str(o) for o in _column(row, "option", t.name)]
+    q = _qa_query(t, _column(row, "question", t.name) + " ".join(options))  # no separator, as the reference
+    answer = options[int(_column(row, "answer", t.name))]
+    return (q, str(_column(row, "video_idx", t.name)), options, [_option_text(o) for o in options], answer,
+            row.get("question_idx", i))
+
+
+def _qa_mvbench(t: Task, row: dict, i: int):
+    cands = [str(c) for c in _column(row, "candidates", t.name)]
+    answer = str(_column(row, "answer", t.name))
+    if answer not in cands:
+        raise MMEBDataError(f"{t.name}: row {i}: answer {answer!r} is not among its candidates {cands}")
+    options = [f"({chr(65 + j)}) {c}" for j, c in enumerate(cands)]  # names and texts: "(A) candidate"
+    q = _qa_template(_qa_query(t, _column(row, "question", t.name)), cands)
+    subset = str(_column(row, "subset", t.name))
+    return q, f"{subset}/{_column(row, 'video', t.name)}", options, options, options[cands.index(answer)], f"{subset}:{i}"
+
+
+ACTIVITYNET_OPTIONS = ["yes", "no"]
+
+
+def _qa_activitynet(t: Task, row: dict, i: int):
+    q = _qa_query(t, _column(row, "question", t.name) + "? (A) yes; (B) no.")
+    answer = str(_column(row, "answer", t.name))
+    if answer not in ACTIVITYNET_OPTIONS:
+        raise MMEBDataError(f"{t.name}: row {i}: answer {answer!r} is not yes/no")
+    return (q, f"v_{_column(row, 'video_name', t.name)}", ACTIVITYNET_OPTIONS, ACTIVITYNET_OPTIONS, answer,
+            row.get("question_id", i))
+
+
+# Video QA parsers (registry `parser`) -> row shape: (question, frame folder, candidate names, candidate
+# texts, gold name, query id). Columns and prompts follow the reference's parser of the same name.
+QA_STYLES = {"nextqa": _qa_nextqa, "videomme": _qa_videomme, "egoschema": _qa_egoschema,
+             "mvbench": _qa_mvbench, "activitynetqa": _qa_activitynet}
+
+
 def _read_video_qa(t: Task, rows, root: Path) -> TaskData:
-    """nextqa: columns video, question, answer (index), a0..a4; videomme: videoID, question, options ("A. x"), answer (letter)."""
     b = _Builder(t, local=True)
     for i, row in enumerate(rows):
-        if t.parser == "nextqa":
-            options = [str(row[f"a{j}"]) for j in range(5) if f"a{j}" in row]
-            question = _qa_query(t, _column(row, "question", t.name)) + "\nOptions:\n"
-            question += "".join(f"({chr(65 + j)}) {o}\n" for j, o in enumerate(options))
-            q, vid = question.rstrip(), str(_column(row, "video", t.name))
-            answer = options[int(_column(row, "answer", t.name))]
-            texts, names = options, options
-        else:
-            options = list(_column(row, "options", t.name))
-            q = _qa_query(t, _column(row, "question", t.name) + "\n" + "\n".join(options))
-            vid = str(_column(row, "videoID", t.name))
-            letter = str(_column(row, "answer", t.name))
-            answer = options["ABCDEFGH".index(letter)]
-            texts, names = [o[o.find(". "):].strip(". ") for o in options], options
+        q, vid, names, texts, answer, qid = QA_STYLES[t.parser](t, row, i)
         pool = [b.add_candidate(n, lambda x=x: Candidate(x)) for n, x in zip(names, texts)]
-        b.add_query(row.get("qid", row.get("question_id", i)), model_input(q, video=sample_frames(root / vid, t.num_frames, t.name)),
-                    pool, {answer: 1.0})
+        b.add_query(qid, model_input(q, video=sample_frames(root / vid, t.num_frames, t.name)), pool, {answer: 1.0})
     return b.build()
 
 
@@ -297,6 +345,41 @@ def _read_moment(t: Task, rows, root: Path) -> TaskData:
             strip_visual(tgt), video=sample_frames(vdir / c, t.num_frames, t.name))) for c in clips]
         q = model_input(prompt(VID, t.args["query_instruction"], _column(row, "query", t.name)), video=frames)
         b.add_query(i, q, pool, {p: 1.0 for p in pos})
+    return b.build()
+
+
+MOMENTSEEKER_QUERY = {"video": "Find the clip that corresponds to the given sentence and video segment:",
+                      "image": "Select the video clip that aligns with the given text and image:",
+                      "text": "Find the clip that corresponds to the given text:"}
+MOMENTSEEKER_TARGET = "Understand the content of the provided video clip."
+
+
+def _read_momentseeker(t: Task, rows, root: Path) -> TaskData:
+    """The reference's momentseeker parser: text, image (`.jpg`) or video (`.mp4`) queries; clips listed per
+    query (positive_frames / negative_frames, `output_path`); frames under <frames>/video_frames/<path with
+    "/" -> "_", no .mp4>/, every saved frame used (the release saves 8)."""
+    b = _Builder(t, local=True)
+    tgt = strip_visual(prompt(VID, MOMENTSEEKER_TARGET))
+
+    def clip(path: str) -> str:
+        name = "video_frames/" + str(path).replace("/", "_").split(".mp4")[0]
+        return b.add_candidate(name, lambda: Candidate(tgt, video=sample_frames(root / name, None, t.name)))
+
+    for i, row in enumerate(rows):
+        query, given = _column(row, "query", t.name), str(_column(row, "input_frames", t.name) or "")
+        if given.endswith(".mp4"):
+            frames = sample_frames(root / "video_frames" / given.split(".mp4")[0].replace("/", "_"), None, t.name)
+            q = model_input(prompt(VID, MOMENTSEEKER_QUERY["video"], query), video=frames)
+        elif given.endswith(".jpg"):
+            q = model_input(prompt(IMG, MOMENTSEEKER_QUERY["image"], query),
+                            image=media_file(root / f"query_{given}", t.name))
+        else:
+            q = model_input(prompt(None, MOMENTSEEKER_QUERY["text"], query))
+        pos = [clip(e["output_path"]) for e in _column(row, "positive_frames", t.name)]
+        if not pos:
+            raise MMEBDataError(f"{t.name}: query {i} lists no positive clip")
+        neg = [clip(e["output_path"]) for e in _column(row, "negative_frames", t.name)]
+        b.add_query(i, q, pos + neg, {p: 1.0 for p in pos})
     return b.build()
 
 
@@ -360,7 +443,13 @@ def read_task(t: Task, data_root: str | os.PathLike, *, annotations: str | None 
         if limit is not None:
             splits["queries"] = splits["queries"].select(range(min(limit, len(splits["queries"]))))
         return _read_beir(t, splits, root)
-    rows = load(t.subset)
+    if t.args.get("subsets"):  # MVBench: one subset per source, concatenated with a `subset` column
+        import datasets
+        parts = [load(sub) for sub in t.args["subsets"]]
+        rows = datasets.concatenate_datasets([d.add_column("subset", [sub] * len(d))
+                                              for sub, d in zip(t.args["subsets"], parts)])
+    else:
+        rows = load(t.subset)
     if limit is not None:
         rows = rows.select(range(min(limit, len(rows))))
     return READERS[t.parser](t, rows, root, data_root)
@@ -371,7 +460,7 @@ READERS = {  # parser name (registry) -> reader(task, rows, media folder, data r
     "video_cls": _read_video_cls,
     "ssv2": _read_video_cls,
     "video_ret": lambda t, rows, root, _: _read_video_ret(t, rows, root),
-    "nextqa": lambda t, rows, root, _: _read_video_qa(t, rows, root),
-    "videomme": lambda t, rows, root, _: _read_video_qa(t, rows, root),
+    **{name: lambda t, rows, root, _: _read_video_qa(t, rows, root) for name in QA_STYLES},
     "moment_retrieval": lambda t, rows, root, _: _read_moment(t, rows, root),
+    "momentseeker": lambda t, rows, root, _: _read_momentseeker(t, rows, root),
 }

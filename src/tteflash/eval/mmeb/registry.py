@@ -115,23 +115,29 @@ _VISRAG = ["ArxivQA", "ChartQA", "MP-DocVQA", "SlideVQA", "InfoVQA", "PlotQA"]
 _OOD = {"ViDoSeek-page": "VLM2Vec/ViDoSeek-page-fixed", "ViDoSeek-doc": "VLM2Vec/ViDoSeek",
         "MMLongBench-page": "VLM2Vec/MMLongBench-page-fixed", "MMLongBench-doc": "VLM2Vec/MMLongBench-doc"}
 
-_RET_INST = {  # video retrieval: (repo, subset, split, frame folder, id column, video column, caption column, instruction)
+_RET_INST = {  # video retrieval: (repo, subset, split, id column = candidate name and frame folder, video column, caption column, instruction)
     "DiDeMo": ("VLM2Vec/DiDeMo", None, "test", None, "video", "caption", "Find a video that includes the following described scenes:"),
     "MSR-VTT": ("VLM2Vec/MSR-VTT", "test_1k", "test", "video_id", "video", "caption", "Find a video that contains the following visual content:"),
     "MSVD": ("VLM2Vec/MSVD", None, "test", "video_id", "video", "caption", "Find the video snippet that corresponds to the given summary:"),
     "VATEX": ("VLM2Vec/VATEX", None, "test", "videoID", None, "enCap", "Select a video that fits the description provided:"),
-    "YouCook2": ("lmms-lab/YouCook2", None, "val", "video_id", "video_path", "sentence", "Find a video that demonstrates the following action while making a recipe:"),
+    "YouCook2": ("lmms-lab/YouCook2", None, "val", "id", "video_path", "sentence", "Find a video that demonstrates the following action while making a recipe:"),
 }
-_QA_TASKS = {  # video QA: (repo, subset, split, parser, confirmed)
-    "Video-MME": ("VLM2Vec/Video-MME", None, "test", "videomme", True),
-    "NExTQA": ("VLM2Vec/NExTQA", "MC", "test", "nextqa", True),
-    "EgoSchema": ("VLM2Vec/EgoSchema", "Subset", "test", "nextqa", False),
-    "MVBench": ("VLM2Vec/MVBench", None, "train", "videomme", False),
-    "ActivityNetQA": ("VLM2Vec/ActivityNetQA", None, "test", "videomme", False),
+_QA_TASKS = {  # video QA: (repo, subset, split, parser); each parser follows the reference's of that name
+    "Video-MME": ("VLM2Vec/Video-MME", None, "test", "videomme"),
+    "NExTQA": ("VLM2Vec/NExTQA", "MC", "test", "nextqa"),
+    "EgoSchema": ("VLM2Vec/EgoSchema", "Subset", "test", "egoschema"),
+    "MVBench": ("VLM2Vec/MVBench", None, "train", "mvbench"),
+    "ActivityNetQA": ("VLM2Vec/ActivityNetQA", None, "test", "activitynetqa"),
 }
-_MRET = {"QVHighlight": ("VLM2Vec/QVHighlight", "QVHighlight", True),
-         "Charades-STA": ("VLM2Vec/Charades-STA", "Charades_STA", True),
-         "MomentSeeker": ("VLM2Vec/MomentSeeker", "MomentSeeker", False)}
+# MVBench is read as these 20 subsets concatenated (frames under <frames>/video_qa/MVBench/<subset>/<video>/).
+MVBENCH_SUBSETS = ["episodic_reasoning", "action_sequence", "action_prediction", "action_antonym",
+                   "fine_grained_action", "unexpected_action", "object_existence", "object_interaction",
+                   "object_shuffle", "moving_direction", "action_localization", "scene_transition", "action_count",
+                   "moving_count", "moving_attribute", "state_change", "fine_grained_pose", "character_order",
+                   "egocentric_navigation", "counterfactual_inference"]
+_MRET = {"QVHighlight": ("VLM2Vec/QVHighlight", "QVHighlight", "moment_retrieval"),
+         "Charades-STA": ("VLM2Vec/Charades-STA", "Charades_STA", "moment_retrieval"),
+         "MomentSeeker": ("VLM2Vec/MomentSeeker", "MomentSeeker", "momentseeker")}
 
 
 def _build() -> dict[str, Task]:
@@ -140,18 +146,18 @@ def _build() -> dict[str, Task]:
     tasks += [_image(n, "image-RET", p, visdial=n == "VisDial") for n, p in _RET.items()]
     tasks += [_image(n, "image-VG", "image_i2i_vg") for n in _VG]
     tasks += [_video_cls(n) for n in _VIDEO_CLS_INST]
-    for n, (repo, sub, split, parser, ok) in _QA_TASKS.items():
-        t = _video(n, "video-QA", parser, repo, sub, split, f"video_qa/{n}", "local", prompt=VIDEO_QA_PROMPT)
-        tasks.append(dataclasses.replace(t, confirmed=ok))
+    for n, (repo, sub, split, parser) in _QA_TASKS.items():
+        extra = {"subsets": MVBENCH_SUBSETS} if n == "MVBench" else {}
+        tasks.append(_video(n, "video-QA", parser, repo, sub, split, f"video_qa/{n}", "local", prompt=VIDEO_QA_PROMPT,
+                            **extra))
     for n, (repo, sub, split, id_col, video_col, cap_col, inst) in _RET_INST.items():
-        t = _video(n, "video-RET", "video_ret", repo, sub, split, f"video_ret/{n}", "global", id_column=id_col,
-                   video_column=video_col, caption_column=cap_col, query_instruction=inst, target_instruction=VIDEO_TGT)
-        tasks.append(dataclasses.replace(t, confirmed=n != "YouCook2"))
-    for n, (repo, media, ok) in _MRET.items():
-        t = _video(n, "video-MRET", "moment_retrieval", repo, None, "test", f"video_mret/{media}", "local",
-                   query_instruction="Find the clip that corresponds to the described scene in the given video:",
-                   target_instruction=VIDEO_TGT)
-        tasks.append(dataclasses.replace(t, confirmed=ok))
+        tasks.append(_video(n, "video-RET", "video_ret", repo, sub, split, f"video_ret/{n}", "global", id_column=id_col,
+                            video_column=video_col, caption_column=cap_col, query_instruction=inst,
+                            target_instruction=VIDEO_TGT))
+    for n, (repo, media, parser) in _MRET.items():  # momentseeker: its own instructions (readers.py)
+        tasks.append(_video(n, "video-MRET", parser, repo, None, "test", f"video_mret/{media}", "local",
+                            query_instruction="Find the clip that corresponds to the described scene in the given video:",
+                            target_instruction=VIDEO_TGT))
     tasks += [_vidore(f"ViDoRe_{k}", f"vidore/{v}", "ViDoRe-v1", f"ViDoRe_{k}") for k, v in _V1.items()]
     tasks += [_vidore(n, f"vidore/{repo}", "ViDoRe-v2", media) for n, (repo, media) in _V2.items()]
     tasks += [_vidore(f"VisRAG_{k}", f"openbmb/VisRAG-Ret-Test-{k}", "VisRAG", f"VisRAG_{k}", split="train",
