@@ -123,3 +123,15 @@ def test_cli_traces_with_a_tiny_local_model(model0, tmp_path):
     assert isinstance(rec["last_output"], str)
     teacher = LocalTeacher(model0, max_tokens=4)
     assert isinstance(teacher("describe", [random_image(28, 28, 2)]), str)
+
+
+def test_unreadable_image_is_a_recorded_failure_not_a_crash(server, tmp_path):
+    ex = examples(tmp_path, ["ok", "ok"])
+    ex[1].query["image"] = str(tmp_path / "missing.png")
+    out = tmp_path / "traces.jsonl"
+    counts = generate_traces(ex, OpenAITeacher(server, "teacher-x"), out, workers=2, retries=1, backoff=0.01,
+                             progress=False)
+    assert counts == {"ok": 1, "failed": 1, "skipped": 0}
+    rec = json.loads((tmp_path / "traces.jsonl.failed.jsonl").read_text())
+    assert rec["id"] == "VOC2007:1" and rec["attempts"] == 1 and "missing.png" in rec["error"]
+    assert set(read_traces(out)) == {"VOC2007:0"}

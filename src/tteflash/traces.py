@@ -134,13 +134,17 @@ def _done_ids(path: Path) -> set[str]:
     if not path.is_file():
         return set()
     ids, good = set(), []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for line in lines:
         try:
             ids.add(json.loads(line)["id"])
             good.append(line)
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
-    path.write_text("".join(x + "\n" for x in good), encoding="utf-8")
+    if len(good) != len(lines):  # rewrite through a temporary file: a kill here never loses the good lines
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(x + "\n" for x in good), encoding="utf-8")
+        os.replace(tmp, path)
     return ids
 
 
@@ -158,6 +162,9 @@ def _one(example, teacher, retries: int, backoff: float) -> dict:
             if not e.retryable:
                 return {"id": example.id, "status": "failed", "error": error, "attempts": attempt + 1, "last_output": last}
             continue
+        except Exception as e:  # e.g. an unreadable image: this example fails for good, the run goes on
+            return {"id": example.id, "status": "failed", "error": f"{type(e).__name__}: {e}", "attempts": attempt + 1,
+                    "last_output": last}
         parsed = parse_answer(last)
         if parsed:
             return {"id": example.id, "status": "ok", "think": parsed[0], "cot": parsed[1], "attempts": attempt + 1}
