@@ -108,6 +108,19 @@ def test_killed_run_resumes_to_identical_files(mmeb_fixture, tmp_path):
     assert _files(killed) == _files(clean)
 
 
+def test_checkpoint_retrained_in_place_is_not_served_from_cache(mmeb_fixture, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "model.safetensors").write_bytes(b"weights v1")
+    cfg = _cfg(mmeb_fixture, tmp_path / "out")
+    cfg.model, cfg.tasks = str(ckpt), "OK-VQA"
+    run(cfg, HashEncoder())
+    run(cfg, HashEncoder(fail_after=0))  # unchanged checkpoint: scores and embeddings come from the cache
+    (ckpt / "model.safetensors").write_bytes(b"weights v2, retrained")
+    with pytest.raises(KeyboardInterrupt):  # changed checkpoint: it must encode again
+        run(cfg, HashEncoder(fail_after=0))
+
+
 def test_reference_ndcg_flag_changes_only_graded_ndcg(mmeb_fixture, tmp_path):
     from tteflash.eval.metrics import graded_metrics
     name = "ViDoRe_esg_reports_human_labeled_v2"

@@ -74,6 +74,16 @@ def _fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _checkpoint_stamp(path: str | None) -> list:
+    """Names, sizes and modification times of a local checkpoint's files, so that a checkpoint retrained
+    in place gets new cache keys (a hub id or a missing path stamps as itself)."""
+    if not path or not os.path.isdir(path):
+        return [path]
+    root = Path(path)
+    return sorted((str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns)
+                  for f in root.rglob("*") if f.is_file())
+
+
 def _content(items) -> list:
     """What an item's embedding depends on (texts and media paths; corpus pages by name), for cache keys."""
     out = []
@@ -224,8 +234,11 @@ def run(cfg: MMEBEvalConfig, encoder=None) -> dict | None:
     out.mkdir(parents=True, exist_ok=True)
     settings = {"model": cfg.model, "data_version": cfg.data_version, "reference_ndcg": cfg.reference_ndcg,
                 "limit": cfg.limit, "model_config": model_settings(encoder, cfg)}
-    enc_key = _fingerprint(cfg.model, settings["model_config"], cfg.limit)
-    score_key = _fingerprint(enc_key, cfg.reference_ndcg, cfg.pred_top_k, cfg.data_version)
+    enc_key = _fingerprint(cfg.model, settings["model_config"], cfg.limit, _checkpoint_stamp(cfg.model),
+                           _checkpoint_stamp(cfg.adapter))
+    # the score files are checked before the data is read: the data's location is part of their key
+    score_key = _fingerprint(enc_key, cfg.reference_ndcg, cfg.pred_top_k, cfg.data_version,
+                             str(cfg.data_root), str(cfg.annotations))
     for t in tasks:
         score_file = out / f"{t.name}_score.json"
         if score_file.is_file() and json.loads(score_file.read_text()).get("settings_key") == score_key:
