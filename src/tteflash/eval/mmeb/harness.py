@@ -105,6 +105,8 @@ class _Dist:
             import torch
             import torch.distributed as dist
             if not dist.is_initialized():
+                if torch.cuda.is_available():  # one GPU per rank, also for NCCL's barriers (else all on GPU 0)
+                    torch.cuda.set_device(self.local_rank)
                 dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
     def barrier(self):
