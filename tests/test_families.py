@@ -25,14 +25,29 @@ def _pil_processor(**kw):
     return Qwen2VLImageProcessorPil(**kw)
 
 
-def test_qwen2_5_vl_images_video_and_cot_loss(tokenizer):
+def qwen2_5_vl_model(tokenizer, config: TTEFlashConfig) -> TTEFlashModel:
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     cfg = Qwen2_5_VLConfig(text_config=_text(tokenizer), vision_config=dict(
         depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, fullatt_block_indexes=[1],
         window_size=56, patch_size=14, spatial_merge_size=2, temporal_patch_size=2), **_ids(tokenizer))
     torch.manual_seed(0)
-    model = TTEFlashModel(Backbone(Qwen2_5_VLForConditionalGeneration(cfg), tokenizer,
-                                   _pil_processor(min_pixels=56 * 56, max_pixels=112 * 112)), TTEFlashConfig(think_tokens=4))
+    return TTEFlashModel(Backbone(Qwen2_5_VLForConditionalGeneration(cfg), tokenizer,
+                                  _pil_processor(min_pixels=56 * 56, max_pixels=112 * 112)), config)
+
+
+def qwen3_vl_model(tokenizer, config: TTEFlashConfig) -> TTEFlashModel:
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    cfg = Qwen3VLConfig(text_config=_text(tokenizer, head_dim=32, rope={"mrope_interleaved": True}), vision_config=dict(
+        depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=16,
+        spatial_merge_size=2, temporal_patch_size=2, deepstack_visual_indexes=[1], num_position_embeddings=64),
+        **_ids(tokenizer))
+    torch.manual_seed(0)
+    return TTEFlashModel(Backbone(Qwen3VLForConditionalGeneration(cfg), tokenizer,
+                                  _pil_processor(min_pixels=64 * 64, max_pixels=128 * 128, patch_size=16)), config)
+
+
+def test_qwen2_5_vl_images_video_and_cot_loss(tokenizer):
+    model = qwen2_5_vl_model(tokenizer, TTEFlashConfig(think_tokens=4))
     video, image = bench.make_example("video_digit_qa", "test", 0), bench.make_example("digit_sum", "test", 0)
     emb = model.encode([video.query, image.query, "a text"])
     assert emb.shape == (3, 64)
@@ -57,15 +72,7 @@ def _check_think_modes(model, queries):
 
 
 def test_qwen3_vl_images_and_clear_video_error(tokenizer):
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
-    cfg = Qwen3VLConfig(text_config=_text(tokenizer, head_dim=32, rope={"mrope_interleaved": True}), vision_config=dict(
-        depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=16,
-        spatial_merge_size=2, temporal_patch_size=2, deepstack_visual_indexes=[1], num_position_embeddings=64),
-        **_ids(tokenizer))
-    torch.manual_seed(0)
-    model = TTEFlashModel(Backbone(Qwen3VLForConditionalGeneration(cfg), tokenizer,
-                                   _pil_processor(min_pixels=64 * 64, max_pixels=128 * 128, patch_size=16)),
-                          TTEFlashConfig(think_tokens=4))
+    model = qwen3_vl_model(tokenizer, TTEFlashConfig(think_tokens=4))
     image = bench.make_example("count_vqa", "test", 0)
     assert model.encode([image.query, "a text"]).shape == (2, 64)
     _check_think_modes(model, [image.query, "a text"])

@@ -10,9 +10,12 @@ embedding model whose prompt happens to end with special tokens.
 """
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -27,6 +30,29 @@ from .processing import Batch, InputError, Processor, Row
 from .think import recurrent_think_inputs, think_hooks
 
 CONFIG_NAME = "tteflash_config.json"
+_HALF = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}  # encode precision -> CUDA autocast dtype
+
+
+class _StopForward(Exception):
+    """Raised by the early-stop hook: the layers above the embedding layer are never run."""
+
+
+def _with_layer_input(layer: torch.nn.Module, run, stop: bool):
+    """(run()'s result, the hidden states entering `layer`); with stop, the pass ends there and the result is None."""
+    seen = []
+
+    def hook(module, args, kwargs):
+        seen.append(args[0] if args else kwargs["hidden_states"])
+        if stop:
+            raise _StopForward
+
+    handle = layer.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        return run(), seen[0]
+    except _StopForward:
+        return None, seen[0]
+    finally:
+        handle.remove()
 
 
 @dataclass
@@ -108,38 +134,58 @@ class TTEFlashModel(torch.nn.Module):
         return row
 
     def make_batch(self, rows: list[Row]) -> Batch:
-        return self.processor.build_batch(rows, cot_sees_query=self.config.cot_sees_query, dtype=self.dtype).to(self.device)
+        batch = self.processor.build_batch(rows, cot_sees_query=self.config.cot_sees_query, dtype=self.dtype)
+        if self.device.type == "cuda":  # pinned host memory: the copy to the GPU does not block the host
+            return batch.pin_memory().to(self.device, non_blocking=True)
+        return batch.to(self.device)
 
     # ------------------------------------------------------------------ forward
-    def _backbone_pass(self, batch: Batch, *, detach_think: bool = False, output_hidden_states: bool = False):
-        """The backbone over a batch, with the think mode applied (see think.py)."""
-        def run(think_inputs, **kw):
+    def _embed_layer_module(self) -> torch.nn.Module | None:
+        """The decoder layer whose input is hidden state `embed_layer`; None for the final (normed) state."""
+        layers = self.vlm.model.language_model.layers
+        n, i = len(layers), self.config.embed_layer
+        if not -(n + 1) <= i <= n:
+            raise ValueError(f"embed_layer {i} is out of range for a backbone with {n} layers")
+        i %= n + 1
+        return None if i == n else layers[i]
+
+    def _backbone_pass(self, batch: Batch, *, detach_think: bool = False, stop_early: bool = False):
+        """The backbone over a batch, with the think mode applied (see think.py).
+
+        Returns (last hidden state, states at `embed_layer`). stop_early: the layers above an intermediate
+        `embed_layer` are never run, and the last hidden state is None.
+        """
+        def run(think_inputs):
             with think_hooks(self.vlm, batch.think_mask, think_inputs, detach_think):
-                return self.vlm.model(**batch.model_inputs(), use_cache=False, **kw)
+                return self.vlm.model(**batch.model_inputs(), use_cache=False).last_hidden_state
 
         inputs = None
         if self.config.think_mode == "recurrent":
-            inputs = recurrent_think_inputs(lambda x: run(x).last_hidden_state, batch.think_mask)
-        return run(inputs, output_hidden_states=output_hidden_states)
+            # The fed-back states are last-layer states: these K passes always run every layer; only the
+            # final pass below (the one read at E) may stop early.
+            inputs = recurrent_think_inputs(run, batch.think_mask)
+        layer = self._embed_layer_module()
+        if layer is None:
+            last = run(inputs)
+            return last, last
+        return _with_layer_input(layer, lambda: run(inputs), stop=stop_early)
 
-    def forward(self, batch: Batch, *, detach_think: bool = False) -> Output:
+    def forward(self, batch: Batch, *, detach_think: bool = False, cot_loss: bool = True) -> Output:
         """Embeddings at E and the CoT loss. detach_think: no gradient reaches the think-token states
-        (the `detach` and `staged` schedules)."""
-        layer = self.config.embed_layer
-        out = self._backbone_pass(batch, detach_think=detach_think, output_hidden_states=layer != -1)
-        last = out.last_hidden_state
-        states = last if layer == -1 else out.hidden_states[layer]
-        rows = torch.arange(len(batch.embed_index), device=last.device)
+        (the `detach` and `staged` schedules). cot_loss=False (encoding): no LM head at all, and the layers
+        above an intermediate `embed_layer` are skipped."""
+        want_cot = cot_loss and len(batch.cot_labels) > 0
+        last, states = self._backbone_pass(batch, detach_think=detach_think, stop_early=not want_cot)
+        rows = torch.arange(len(batch.embed_index), device=states.device)
         has_e = batch.embed_index >= 0
         emb = states[rows, batch.embed_index.clamp(min=0)]
         emb = F.normalize(emb.float(), dim=-1) * has_e[:, None]
-        cot_loss = token_loss = None
-        if len(batch.cot_labels):
+        token_loss = None
+        if want_cot:
             h = last[batch.cot_predict[:, 0], batch.cot_predict[:, 1]]
             logits = self.vlm.lm_head(h).float()  # only at CoT positions: no full-vocabulary pass
             token_loss = F.cross_entropy(logits, batch.cot_labels, reduction="none")
-            cot_loss = token_loss.mean()
-        return Output(emb, cot_loss, token_loss)
+        return Output(emb, None if token_loss is None else token_loss.mean(), token_loss)
 
     # ------------------------------------------------------------------ inference
     def _as_list(self, inputs):
@@ -149,41 +195,98 @@ class TTEFlashModel(torch.nn.Module):
     @torch.inference_mode()
     def encode(self, inputs, batch_size: int = 32, show_progress_bar: bool | None = None,
                convert_to_tensor: bool = False, *, role: str = "query", think_tokens: int | None = None,
-               cot: Sequence[str] | None = None, normalize_embeddings: bool = True):
-        """One L2-normalised vector per input, sentence-transformers style.
+               cot: Sequence[str] | None = None, normalize_embeddings: bool = True, precision: str = "bf16",
+               num_workers: int | None = None, compile: bool = False):
+        """One L2-normalised vector per input, sentence-transformers style, in the order given.
 
         inputs: a string, an image (path, PIL, array), a dict {text, image, video}, or a list of those.
         role: "query" (think tokens / CoT apply) or "document" (targets: plain [input][E]).
         cot: gold CoTs for the explicit-CoT oracle; without it an explicit-CoT model generates its CoT.
         normalize_embeddings: accepted for sentence-transformers compatibility; embeddings are always unit length.
+        precision: "bf16", "fp16" or "fp32": autocast dtype on CUDA (CPU always computes in float32).
+        num_workers: threads decoding and patchifying the next batch's inputs while the current one runs
+            (default: up to 4; 0 = on the calling thread).
+        compile: `torch.compile` the decoder layers (once; kept for later calls).
+
+        Inputs are sorted by estimated length and batched with their neighbours, so padding is small;
+        the result is in input order and equals encoding each input alone.
         """
         if role not in ("query", "document"):
             raise ValueError(f"role must be 'query' or 'document', got {role!r}")
+        if precision not in _HALF:
+            raise ValueError(f"precision must be one of {sorted(_HALF)}, got {precision!r}")
         items, single = self._as_list(inputs)
         if cot is not None and len(cot) != len(items):
             raise ValueError(f"got {len(cot)} CoTs for {len(items)} inputs")
         dim = self.vlm.config.get_text_config().hidden_size
-        chunks = []
-        starts = range(0, len(items), batch_size)
-        bar = tqdm(starts, desc="encode", disable=not (show_progress_bar if show_progress_bar is not None else len(starts) > 4))
         self.eval()
-        for s in bar:
-            part = items[s:s + batch_size]
-            names = [f"input {i}" for i in range(s, s + len(part))]
+        if compile:
+            self._compile_layers()
+        order = sorted(range(len(items)), key=lambda i: -self.processor.estimate_length(items[i]))
+        batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+        generate = role == "query" and self.config.explicit_cot and cot is None
+
+        def row(i):
+            x, name = items[i], f"input {i}"
             if role == "document":
-                rows = [self.document_row(x, n) for x, n in zip(part, names)]
-            elif self.config.explicit_cot:
-                gold = cot[s:s + len(part)] if cot is not None else None
-                rows = [self.query_row(x, n, cot=g) for x, n, g in zip(part, names, gold or [None] * len(part))]
-                if gold is None:
-                    for r, ids in zip(rows, self._generate_cot(rows)):
-                        r.inline_cot = ids
-            else:
-                rows = [self.query_row(x, n, think=think_tokens) for x, n in zip(part, names)]
-            chunks.append(self(self.make_batch(rows)).embeddings)
+                return self.document_row(x, name)
+            return self.query_row(x, name, cot=cot[i] if cot is not None else None, think=think_tokens)
+
+        workers = (num_workers if num_workers is not None else min(4, os.cpu_count() or 1)) if len(batches) > 1 else 0
+        pool = ThreadPoolExecutor(workers) if workers else None
+        submit = (lambda idx: [pool.submit(row, i) for i in idx]) if pool else (lambda idx: idx)
+        collect = (lambda pending: [f.result() for f in pending]) if pool else (lambda idx: [row(i) for i in idx])
+        bar = tqdm(total=len(items), desc="encode",
+                   disable=not (show_progress_bar if show_progress_bar is not None else len(batches) > 4))
+        chunks = []
+        try:
+            pending = submit(batches[0]) if batches else None
+            with self._fast_kernels(precision):
+                for b, idx in enumerate(batches):
+                    rows = collect(pending)
+                    if b + 1 < len(batches):  # the next batch's pixels are prepared while this one runs
+                        pending = submit(batches[b + 1])
+                    if generate:
+                        for r, ids in zip(rows, self._generate_cot(rows)):
+                            r.inline_cot = ids
+                    chunks.append(self(self.make_batch(rows), cot_loss=False).embeddings)
+                    bar.update(len(idx))
+        finally:
+            bar.close()
+            if pool:
+                pool.shutdown(cancel_futures=True)
         emb = torch.cat(chunks) if chunks else torch.zeros(0, dim)
+        emb = emb[torch.as_tensor(order, device=emb.device).argsort()]  # back to input order
         emb = emb[0] if single else emb
         return emb if convert_to_tensor else emb.cpu().numpy()
+
+    @contextmanager
+    def _fast_kernels(self, precision: str):
+        """Autocast to half precision and flash-attention 2 (when installed) on CUDA; float32 elsewhere."""
+        half = _HALF[precision]
+        if self.device.type != "cuda" or half is None:
+            yield
+            return
+        impl = self.vlm.config._attn_implementation
+        flash = importlib.util.find_spec("flash_attn") is not None and impl != "flash_attention_2"
+        if flash:  # encode-time batches are plain causal (2-D padding mask), which flash-attention 2 supports
+            try:
+                self.vlm.set_attn_implementation("flash_attention_2")
+            except (ImportError, ValueError):  # installed but unusable here (GPU or build): keep SDPA
+                flash = False
+        try:
+            with torch.autocast("cuda", dtype=half):
+                yield
+        finally:
+            if flash:
+                self.vlm.set_attn_implementation(impl)
+
+    def _compile_layers(self) -> None:
+        # Each layer's forward, not the module call: the think and early-stop hooks stay in eager code.
+        for layer in self.vlm.model.language_model.layers:
+            if not getattr(layer, "_tteflash_compiled", False):
+                layer.forward = torch.compile(layer.forward, dynamic=True)
+                layer._tteflash_compiled = True
 
     def encode_query(self, inputs, **kw):
         return self.encode(inputs, role="query", **kw)
@@ -277,7 +380,7 @@ class TTEFlashModel(torch.nn.Module):
             for _ in range(n):
                 rows = [Row(r.prompt, r.prompt_types, r.pixels, think=k, branch_cot=g, embed=False) for r, g in zip(base, gen)]
                 batch = self.make_batch(rows)
-                h = self._backbone_pass(batch).last_hidden_state
+                h = self._backbone_pass(batch)[0]
                 logits = self.vlm.lm_head(h[torch.arange(len(rows)), batch.last_index])
                 logits[:, self.processor.never_generated] = float("-inf")
                 nxt = logits.argmax(-1).tolist()

@@ -60,6 +60,17 @@ def to_pil(value, name: str) -> Image.Image:
     raise InputError(f"{name}: unsupported image type {type(value).__name__} (use a path, PIL image or array)")
 
 
+def _image_size(value) -> tuple[int, int]:
+    """(width, height) of an image input without decoding its pixels."""
+    if isinstance(value, (str, os.PathLike)):
+        with Image.open(value) as img:  # lazy: reads the header only
+            return img.size
+    if isinstance(value, Image.Image):
+        return value.size
+    shape = value.shape
+    return shape[1], shape[0]
+
+
 @dataclass
 class VisionSpec:
     """What the backbone's image processor prescribes, read once."""
@@ -138,18 +149,30 @@ class Batch:
     cot_labels: torch.Tensor         # (N,)
     cot_rows: torch.Tensor           # (N,) row of each CoT token (per-example averaging)
     think_mask: torch.Tensor         # (B, L) True at think-token positions
+    padding_mask: torch.Tensor       # (B, L) 1 at real tokens
+    causal: bool = False             # no CoT branch: the layout is plain causal with right padding
 
     def model_inputs(self) -> dict:
-        out = dict(input_ids=self.input_ids, attention_mask=self.attention_mask, position_ids=self.position_ids)
+        # A plain causal layout goes to the backbone as a 2-D padding mask: the same attention as the 4-D
+        # mask, but transformers can then use its fast kernels (SDPA is_causal, flash-attention 2).
+        mask = self.padding_mask if self.causal else self.attention_mask
+        out = dict(input_ids=self.input_ids, attention_mask=mask, position_ids=self.position_ids)
         for k in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"):
             if getattr(self, k) is not None:
                 out[k] = getattr(self, k)
         return out
 
-    def to(self, device) -> "Batch":
+    def to(self, device, non_blocking: bool = False) -> "Batch":
         for k, v in vars(self).items():
             if isinstance(v, torch.Tensor):
-                setattr(self, k, v.to(device))
+                setattr(self, k, v.to(device, non_blocking=non_blocking))
+        return self
+
+    def pin_memory(self) -> "Batch":
+        """Page-locked host tensors, so that a later `.to(cuda, non_blocking=True)` overlaps with compute."""
+        for k, v in vars(self).items():
+            if isinstance(v, torch.Tensor):
+                setattr(self, k, v.pin_memory())
         return self
 
 
@@ -249,6 +272,24 @@ class Processor:
             types += [TEXT] * len(t)
         return Row(ids, types, pixels)
 
+    def estimate_length(self, item) -> int:
+        """A cheap guess of an input's prompt length in tokens, for sorting inputs into buckets of similar
+        length: reads image sizes (file headers only), decodes no pixels, and never raises (a bad input
+        gets 0 here and its proper InputError from `prompt_row`)."""
+        try:
+            item = self.normalise(item, "input")
+            n = len(self.tokenizer(item["text"], add_special_tokens=False)["input_ids"]) if item["text"] else 0
+            n = min(n, self.max_text_tokens)
+            frames = [item["image"]] if item["image"] is not None else list(item["video"] or [])
+            if frames:
+                w, h = _image_size(frames[0])
+                gh, gw = (s // self.vision.patch_size // self.vision.merge_size for s in self.vision.target_size(h, w))
+                t = -(-min(len(frames), self.max_video_frames) // self.vision.temporal_patch_size)
+                n += gh * gw * t + 2
+            return n
+        except Exception:  # noqa: BLE001 - a guess only; prompt_row reports the real problem
+            return 0
+
     def cot_ids(self, cot: str, name: str = "cot", max_tokens: int = 128) -> list[int]:
         return self.text_ids(cot, name, max_tokens) + [self.cot_end]
 
@@ -316,7 +357,7 @@ class Processor:
         cp = torch.tensor(cot_predict, dtype=torch.long).reshape(-1, 2)
         return Batch(input_ids, type_ids, mask, position_ids, pv, ig, pvv, vg, torch.tensor(embed_index),
                      torch.tensor([len(s) - 1 for s in seqs]), cp, torch.tensor(cot_labels, dtype=torch.long),
-                     torch.tensor(cot_rows, dtype=torch.long), role == 2)
+                     torch.tensor(cot_rows, dtype=torch.long), role == 2, valid.long(), causal=not bool(branch.any()))
 
     _rope_fn = None
 
