@@ -111,6 +111,19 @@ def test_resume_with_other_config_is_refused(new_model, train_examples, tmp_path
         train(new_model(), _cfg(steps=2, batch_size=2, lr=1e-3), str(tmp_path), data, progress=False)
 
 
+def test_checkpoint_from_before_a_new_setting_resumes_at_its_default(new_model, train_examples, tmp_path):
+    data = lambda step: train_examples[:2]  # noqa: E731
+    cfg = _cfg(steps=2, batch_size=2)
+    train(new_model(), cfg, str(tmp_path), data, progress=False, stop_after=1)
+    ckpt = tmp_path / "checkpoint.pt"
+    saved = torch.load(ckpt, weights_only=False)
+    del saved["config"]["nested_think"]  # as written before the setting existed
+    torch.save(saved, ckpt)
+    with pytest.raises(ValueError, match="another TrainConfig"):  # the new setting away from its default
+        train(new_model(), _cfg(steps=2, batch_size=2, nested_think=True), str(tmp_path), data, progress=False)
+    assert train(new_model(), cfg, str(tmp_path), data, progress=False)["step"] == 2
+
+
 def test_lr_schedule_hand_values():
     f = lr_lambda(TrainConfig(steps=10, warmup_steps=2))
     assert [f(0), f(1)] == pytest.approx([0.5, 1.0])
