@@ -72,10 +72,7 @@ def main(argv=None) -> int:
     elif a.command == "traces":
         return _traces(a)
     elif a.command == "encode":
-        import os
-
-        import numpy as np
-
+        from .files import save_npy_atomic
         from .model import TTEFlashModel
         from .processing import InputError
         texts = a.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
@@ -85,9 +82,7 @@ def main(argv=None) -> int:
         except InputError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        tmp = a.out + ".tmp.npy"
-        np.save(tmp, emb)
-        os.replace(tmp, a.out)  # never a half-written output file
+        save_npy_atomic(a.out, emb)  # never a half-written output file
         print(f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings to {a.out}")
     return 0
 

@@ -30,6 +30,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+from .files import write_atomic
+
 FORMAT = ("Answer in exactly two parts: first your step-by-step reasoning inside <think></think>, "
           "then one or two sentences of final reasoning that lead to the target.")
 TEMPLATES = {  # task type -> prompt; {query} and {target} are the example's texts
@@ -142,9 +144,7 @@ def _done_ids(path: Path) -> set[str]:
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
     if len(good) != len(lines):  # rewrite through a temporary file: a kill here never loses the good lines
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(x + "\n" for x in good), encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, "".join(x + "\n" for x in good))
     return ids
 
 

@@ -2,7 +2,6 @@
 budgets, evaluate them and the explicit-CoT oracle on TTE-Bench's test split, write a report."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -14,6 +13,7 @@ import transformers
 
 from ..data import bench
 from ..eval.evaluate import evaluate
+from ..files import write_atomic
 from ..model import TTEFlashModel
 from .trainer import TrainConfig, train
 
@@ -39,13 +39,6 @@ def _loss_ends(history: list[dict], key: str) -> tuple[float | None, float | Non
         return None, None
     n = max(1, len(vals) // 10)
     return float(np.mean(vals[:n])), float(np.mean(vals[-n:]))
-
-
-def _write_atomic(path: str, text: str) -> None:
-    """Write via a temporary file and rename: a kill never leaves a half-written result."""
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
 
 
 def run_method(name: str, base: str, out: str, cfg: TrainConfig, test, groups, progress=True,
@@ -75,7 +68,7 @@ def run_method(name: str, base: str, out: str, cfg: TrainConfig, test, groups, p
     if name == "explicit_cot":  # the oracle: the same model, gold CoT at test time
         result["explicit_cot_oracle"] = {**evaluate(model, test, groups, gold_cot=True),
                                          "train_seconds": state["train_seconds"], "train_steps": state["step"]}
-    _write_atomic(done, json.dumps(result, indent=2))
+    write_atomic(done, json.dumps(result, indent=2))
     return result
 
 
@@ -125,8 +118,8 @@ def run_demo(base: str = "checkpoints/base", out: str = "runs/demo", cfg: TrainC
         "train_config": dataclasses.asdict(cfg),
         "methods": methods,
     }
-    _write_atomic(os.path.join(out, "results.json"), json.dumps(results, indent=2))
+    write_atomic(os.path.join(out, "results.json"), json.dumps(results, indent=2))
     text = report(results)
-    _write_atomic(os.path.join(out, "report.md"), text)
+    write_atomic(os.path.join(out, "report.md"), text)
     print(text)
     return results

@@ -16,7 +16,8 @@ import numpy as np
 
 from ..config import TTEFlashConfig
 from ..data import bench
-from .demo import GROUP_ORDER, _write_atomic, run_method
+from ..files import atomic_path, write_atomic
+from .demo import GROUP_ORDER, run_method
 from .trainer import TrainConfig
 
 
@@ -137,9 +138,9 @@ def write_outputs(study: Study, entries: list[dict]) -> dict:
     scaling, conclusions = summarise(entries)
     results = {"runs": entries, "k_scaling": scaling, "conclusions": conclusions}
     os.makedirs(study.out, exist_ok=True)
-    _write_atomic(os.path.join(study.out, "results.json"), json.dumps(results, indent=2))
+    write_atomic(os.path.join(study.out, "results.json"), json.dumps(results, indent=2))
     plots = make_plots(results, study.out, study.main)
-    _write_atomic(os.path.join(study.out, "report.md"), report(results, plots))
+    write_atomic(os.path.join(study.out, "report.md"), report(results, plots))
     return results
 
 
@@ -205,8 +206,8 @@ def make_plots(results: dict, out: str, main: list[str]) -> list[str]:
 def _save(fig, out: str, name: str) -> str:
     path = os.path.join(out, name)
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=120)
-    os.replace(path + ".tmp.png", path)
+    with atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, dpi=120)
     import matplotlib.pyplot as plt
     plt.close(fig)
     return path

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..files import atomic_path
 from ..losses import info_nce
 
 
@@ -146,12 +147,6 @@ def _same_config(saved: dict, cfg: TrainConfig) -> bool:
     return all(saved[k] == v if k in saved else v == defaults[k] for k, v in dataclasses.asdict(cfg).items())
 
 
-def _save_checkpoint(path: str, state: dict) -> None:
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a kill never leaves a half-written checkpoint
-
-
 def train(model, cfg: TrainConfig, out_dir: str, examples_for_step: Callable[[int], list], *,
           step_fn: StepFn = contrastive_step, progress: bool = True, stop_after: int | None = None,
           desc: str = "train") -> dict:
@@ -210,9 +205,10 @@ def train(model, cfg: TrainConfig, out_dir: str, examples_for_step: Callable[[in
         if state["step"] % cfg.checkpoint_every == 0 or done:
             state["train_seconds"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            _save_checkpoint(ckpt, {"config": dataclasses.asdict(cfg), "model": model.state_dict(),
-                                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                    "torch_rng": torch.get_rng_state(), "state": state})
+            with atomic_path(ckpt) as tmp:  # a kill never leaves a half-written checkpoint
+                torch.save({"config": dataclasses.asdict(cfg), "model": model.state_dict(),
+                            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                            "torch_rng": torch.get_rng_state(), "state": state}, tmp)
         if done:
             break
     model.eval()

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ...files import save_npy_atomic, write_atomic
 from ..metrics import RANK_METRICS, graded_metrics, mean_graded, rank_order
 from .readers import TaskData, read_task
 from .registry import GROUPS, TASKS, Task, select
@@ -58,18 +59,6 @@ class MMEBEvalConfig:
 
 
 # ---------------------------------------------------------------- small utilities
-def _atomic_write(path: Path, data: bytes | str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
-
-
-def _atomic_save(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, arr)
-    os.replace(tmp, path)
-
-
 def _fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -133,7 +122,7 @@ def _encode_stage(encoder, items: list, path: Path, key: str, *, role: str, cfg:
                                  dtype=np.float32))
     emb = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
     if dist.world > 1:
-        _atomic_save(path.with_name(f"{path.stem}.rank{dist.rank}.npy"), emb)
+        save_npy_atomic(path.with_name(f"{path.stem}.rank{dist.rank}.npy"), emb)
         dist.barrier()
         if dist.rank == 0:
             shards = [np.load(path.with_name(f"{path.stem}.rank{r}.npy")) for r in range(dist.world)]
@@ -144,8 +133,8 @@ def _encode_stage(encoder, items: list, path: Path, key: str, *, role: str, cfg:
                     emb[r::dist.world] = x
         dist.barrier()
     if dist.rank == 0:
-        _atomic_save(path, emb)
-        _atomic_write(meta, json.dumps({"key": key, "n": len(items)}))
+        save_npy_atomic(path, emb)
+        write_atomic(meta, json.dumps({"key": key, "n": len(items)}))
     dist.barrier()
     return np.load(path)
 
@@ -257,19 +246,19 @@ def run(cfg: MMEBEvalConfig, encoder=None) -> dict | None:
                               desc=f"{t.name} candidates")
         if dist.rank == 0:
             metrics, preds = score_task(data, q_emb, c_emb, reference_ndcg=cfg.reference_ndcg, top_k=cfg.pred_top_k)
-            _atomic_write(out / f"{t.name}_pred.jsonl", "".join(json.dumps(p) + "\n" for p in preds))
+            write_atomic(out / f"{t.name}_pred.jsonl", "".join(json.dumps(p) + "\n" for p in preds))
             record = {**metrics, "task": t.name, "group": t.group, "modality": t.modality, "headline": t.metric,
                       "pool": t.pool, "num_candidates": len(names), "notes": data.notes,
                       "data_version": cfg.data_version, "settings_key": score_key}
-            _atomic_write(score_file, json.dumps(record, indent=2))  # written last: marks the task done
+            write_atomic(score_file, json.dumps(record, indent=2))  # written last: marks the task done
             print(f"{t.name}: {t.metric} = {100 * metrics[t.metric]:.2f} ({metrics['num_queries']} queries)")
         dist.barrier()
     if dist.rank != 0:
         return None
     per_task = {t.name: json.loads((out / f"{t.name}_score.json").read_text()) for t in tasks}
     summary = summarize(per_task, settings)
-    _atomic_write(out / "summary.json", json.dumps(summary, indent=2))
-    _atomic_write(out / "summary.md", summary_markdown(summary))
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    write_atomic(out / "summary.md", summary_markdown(summary))
     return summary
 
 
