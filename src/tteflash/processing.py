@@ -231,9 +231,13 @@ class Processor:
             raise InputError(f"{name}: empty input (no text, image or video)" if not text else f"{name}: text is blank")
         return {"text": text, "image": image, "video": video}
 
+    def _tokenize(self, text: str) -> list[int]:
+        # split_special_tokens: a literal "<|emb|>" or "<|image_pad|>" in user text stays plain text. Always
+        # the same setting: the tokenizer flips a shared flag when it changes, a race for the prefetch threads.
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
     def text_ids(self, text: str, name: str, limit: int | None = None) -> list[int]:
-        # split_special_tokens: a literal "<|emb|>" or "<|image_pad|>" in user text stays plain text
-        ids = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        ids = self._tokenize(text)
         limit = self.max_text_tokens if limit is None else limit
         if len(ids) > limit:
             if not self.truncate:
@@ -278,8 +282,7 @@ class Processor:
         gets 0 here and its proper InputError from `prompt_row`)."""
         try:
             item = self.normalise(item, "input")
-            n = len(self.tokenizer(item["text"], add_special_tokens=False)["input_ids"]) if item["text"] else 0
-            n = min(n, self.max_text_tokens)
+            n = min(len(self._tokenize(item["text"])), self.max_text_tokens) if item["text"] else 0
             frames = [item["image"]] if item["image"] is not None else list(item["video"] or [])
             if frames:
                 w, h = _image_size(frames[0])
