@@ -17,7 +17,8 @@ passes), explicit_cot (a generated CoT of exactly 32 or 128 tokens: end token su
 
 Paths:
 - fast: `TTEFlashModel.encode` (length buckets, inputs decoded by threads ahead of the model, 2-D causal
-  mask so SDPA / flash-attention 2 run their causal kernels, no LM head, bf16 autocast on CUDA).
+  mask so SDPA / flash-attention 2 run their causal kernels, no LM head, bf16 autocast on CUDA; with
+  --compile, torch.compile'd decoder layers, compiled during the warm-up).
 - plain: the path encode took before the fast path: batches of the inputs in the order given, rows built
   on the calling thread, the training layout's 4-D float mask, the training forward (`model(batch)`:
   every layer, and for explicit CoT the LM head at the CoT positions), the weights' dtype, no autocast.
@@ -166,6 +167,7 @@ def main():
     ap.add_argument("--workloads", default=",".join(w[0] for w in WORKLOADS))
     ap.add_argument("--paths", default="fast,plain")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 for small on CPU, else torch's)")
+    ap.add_argument("--compile", action="store_true", help="fast path with torch.compile'd decoder layers")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     threads = a.threads or (1 if a.device == "cpu" and a.size == "small" else None)
@@ -188,14 +190,17 @@ def main():
             model.eval()
             for batch in (32, 1):
                 for path in a.paths.split(","):
-                    run = ((lambda xs, bs=batch, m=model: m.encode(xs, batch_size=bs, show_progress_bar=False))
-                           if path == "fast" else (lambda xs, bs=batch, m=model: plain_encode(m, xs, bs)))
+                    def run(xs, bs=batch, m=model, fast=path == "fast"):
+                        if fast:
+                            return m.encode(xs, batch_size=bs, show_progress_bar=False, compile=a.compile)
+                        return plain_encode(m, xs, bs)
+
                     xs = items[:n[batch]]
                     with forced_cot_length(model, cot_n):
-                        run(xs[:min(batch, 2)])  # warm-up: kernels, allocator, lazy imports
+                        run(xs[:min(batch, 2)])  # warm-up: kernels, allocator, lazy imports, compilation
                         sec = timed(lambda: run(xs), a.device)
                     line = dict(workload=name, method=method, path=path, batch=batch, think_tokens=k, cot_tokens=cot_n,
-                                queries=len(xs), seconds=round(sec, 3), emb_per_s=round(len(xs) / sec, 3),
+                                compile=a.compile and path == "fast", queries=len(xs), seconds=round(sec, 3), emb_per_s=round(len(xs) / sec, 3),
                                 device=a.device, device_name=device_name, size=a.size, torch=torch.__version__,
                                 load_avg_1m=round(os.getloadavg()[0], 2),  # other work on the machine, for the record
                                 transformers=transformers.__version__)

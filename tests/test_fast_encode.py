@@ -129,3 +129,12 @@ def test_errors_name_the_input_in_sorted_order(model8, make_model, img84):
     with pytest.raises(ValueError, match="embed_layer 5 is out of range"):
         make_model(embed_layer=5).encode(xs[:1])
     assert model8.encode([]).shape == (0, 64)
+
+
+@pytest.mark.slow
+def test_compiled_layers_give_the_same_embeddings_and_stay_scoped(make_model, inputs):
+    m = make_model(think_tokens=8, embed_layer=1)
+    eager = m.encode(inputs, batch_size=3)
+    np.testing.assert_allclose(m.encode(inputs, batch_size=3, compile=True), eager, atol=1e-5, rtol=0)
+    layer = m.vlm.model.language_model.layers[0]
+    assert "forward" not in vars(layer) and "_tteflash_compiled" in vars(layer)  # eager again after the call

@@ -206,7 +206,7 @@ class TTEFlashModel(torch.nn.Module):
         precision: "bf16", "fp16" or "fp32": autocast dtype on CUDA (CPU always computes in float32).
         num_workers: threads decoding and patchifying the next batch's inputs while the current one runs
             (default: up to 4; 0 = on the calling thread).
-        compile: `torch.compile` the decoder layers (once; kept for later calls).
+        compile: run `torch.compile`d decoder layers in this call (compiled on first use, then cached).
 
         Inputs are sorted by estimated length and batched with their neighbours, so padding is small;
         the result is in input order and equals encoding each input alone.
@@ -220,8 +220,6 @@ class TTEFlashModel(torch.nn.Module):
             raise ValueError(f"got {len(cot)} CoTs for {len(items)} inputs")
         dim = self.vlm.config.get_text_config().hidden_size
         self.eval()
-        if compile:
-            self._compile_layers()
         order = sorted(range(len(items)), key=lambda i: -self.processor.estimate_length(items[i]))
         batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
         generate = role == "query" and self.config.explicit_cot and cot is None
@@ -241,7 +239,7 @@ class TTEFlashModel(torch.nn.Module):
         chunks = []
         try:
             pending = submit(batches[0]) if batches else None
-            with self._fast_kernels(precision):
+            with self._fast_kernels(precision), self._compiled_layers(compile):
                 for b, idx in enumerate(batches):
                     rows = collect(pending)
                     if b + 1 < len(batches):  # the next batch's pixels are prepared while this one runs
@@ -281,12 +279,21 @@ class TTEFlashModel(torch.nn.Module):
             if flash:
                 self.vlm.set_attn_implementation(impl)
 
-    def _compile_layers(self) -> None:
-        # Each layer's forward, not the module call: the think and early-stop hooks stay in eager code.
-        for layer in self.vlm.model.language_model.layers:
-            if not getattr(layer, "_tteflash_compiled", False):
-                layer.forward = torch.compile(layer.forward, dynamic=True)
-                layer._tteflash_compiled = True
+    @contextmanager
+    def _compiled_layers(self, on: bool):
+        """Within the block, each decoder layer's forward is its compiled version (made once, cached on the
+        layer). The forward only, not the module call: the think and early-stop hooks stay in eager code,
+        and training and other calls keep the eager layers."""
+        layers = list(self.vlm.model.language_model.layers) if on else []
+        for layer in layers:
+            if "_tteflash_compiled" not in vars(layer):
+                layer._tteflash_compiled = torch.compile(type(layer).forward.__get__(layer), dynamic=True)
+            layer.forward = layer._tteflash_compiled
+        try:
+            yield
+        finally:
+            for layer in layers:
+                del layer.forward  # back to the class's forward
 
     def encode_query(self, inputs, **kw):
         return self.encode(inputs, role="query", **kw)
