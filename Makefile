@@ -1,27 +1,34 @@
-# `make demo` and `make test` create .venv and install into it when missing.
+# `make demo` and `make test` create .venv and install into it when missing (the demo needs no test extras).
 PY := .venv/bin/python
-STAMP := .venv/.installed-$(shell (cat pyproject.toml; echo) | md5sum | cut -c1-8)
+HASH := $(shell (cat pyproject.toml; echo) | md5sum | cut -c1-8)
+CORE := .venv/.core-$(HASH)
+DEV := .venv/.dev-$(HASH)
+PIP := $(PY) -m pip install -q --disable-pip-version-check
 
 .PHONY: demo test test-slow base study clean
 
-$(STAMP): pyproject.toml
+$(CORE): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
-	rm -f .venv/.installed-* && touch $@
+	$(PIP) -e .
+	rm -f .venv/.core-* && touch $@
 
-demo: $(STAMP)
+$(DEV): $(CORE)  # test extras: pytest, MMEB readers (datasets, pyarrow), study plots (matplotlib)
+	$(PIP) -e '.[test]'
+	rm -f .venv/.dev-* && touch $@
+
+demo: $(CORE)
 	$(PY) -m tteflash.cli demo
 
-test: $(STAMP)
+test: $(DEV)
 	$(PY) -m pytest -q
 
-test-slow: $(STAMP)  # exit status 5 = no slow test collected yet
+test-slow: $(DEV)  # exit status 5 = no slow test collected yet
 	$(PY) -m pytest -q -m slow || test $$? -eq 5
 
-base: $(STAMP)
+base: $(CORE)
 	$(PY) -m tteflash.cli base
 
-study: $(STAMP)  # hours on 2 cores: see configs/study.yaml and docs/results.md
+study: $(DEV)  # hours on 2 cores: see configs/study.yaml
 	$(PY) -m tteflash.cli study --config configs/study.yaml
 
 clean:
