@@ -24,8 +24,8 @@ def _time_queries(model, queries, batch_size, cot, think_tokens=None) -> tuple[n
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     t = time.perf_counter()
-    emb = model.encode(queries, batch_size=batch_size, role="query", cot=cot, think_tokens=think_tokens,
-                       show_progress_bar=False)
+    budget = {} if think_tokens is None else {"think_tokens": think_tokens}  # any encoder without budgets works
+    emb = model.encode(queries, batch_size=batch_size, role="query", cot=cot, show_progress_bar=False, **budget)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return emb, (time.perf_counter() - t) * 1000 / max(1, len(queries))
@@ -42,7 +42,7 @@ def evaluate(model, examples, groups: dict[str, str], *, batch_size: int = 32, g
     """
     queries = [ex.query for ex in examples]
     cots = [ex.cot for ex in examples] if gold_cot else None
-    model.encode(queries[:2], batch_size=2, cot=cots[:2] if cots else None, think_tokens=think_tokens)  # warm-up
+    _time_queries(model, queries[:2], 2, cots[:2] if cots else None, think_tokens)  # warm-up: one-off costs untimed
     q_emb, ms_batch = _time_queries(model, queries, batch_size, cots, think_tokens)
     by_task_idx: dict[str, list[int]] = {}
     for i, ex in enumerate(examples):
