@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from tteflash.backbone import save_backbone
 from tteflash.config import TTEFlashConfig
 from tteflash.model import CONFIG_NAME, TTEFlashModel
-from tteflash.processing import Row
 
 COT = "digits 7 2 . 7 plus 2 is 9"
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from tteflash.processing import IMAGE, VIDEO, InputError, Row, VisionSpec, to_pil
+from tteflash.processing import VIDEO, InputError, Row, VisionSpec, to_pil
 
 from conftest import random_image
 

@@ -1,6 +1,5 @@
 """The design-study runner: config validation, equal budgets, resumable runs, results layout, plots."""
 import json
-from pathlib import Path
 
 import pytest
 

@@ -1,5 +1,4 @@
 """Think modes and detached think states (think.py), and the schedules and nested budgets that use them."""
-import random
 
 import numpy as np
 import pytest

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .backbone import Backbone, add_project_tokens, load_backbone, save_backbone
 from .config import TTEFlashConfig
-from .processing import Batch, InputError, Processor, Row
+from .processing import Batch, Processor, Row
 from .think import recurrent_think_inputs, think_hooks
 
 CONFIG_NAME = "tteflash_config.json"
