@@ -3,6 +3,11 @@
 What a step computes is a `StepFn(model, examples, cfg, step) -> dict of scalar tensors` with a "loss"
 entry; the data (and any per-step choice) is a pure function of the step index, so resuming at step s
 replays exactly.
+
+Scaling (each a TrainConfig field, off by default): GradCache for contrastive batches larger than one
+forward fits (`grad_cache_chunk`, gradcache.py), gradient checkpointing, mixed precision on CUDA
+(precision.py), LoRA / DoRA adapters (lora.py), and data parallelism over torchrun processes
+(distributed.py: train() runs unchanged when torch.distributed is initialised).
 """
 from __future__ import annotations
 
@@ -20,7 +25,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..files import atomic_path
-from ..losses import info_nce
+from . import distributed, precision
+from .gradcache import grad_cache_step
+from .steps import StepFn, contrastive_step
 
 
 @dataclass
@@ -63,12 +70,32 @@ class TrainConfig:
     """Steps between log lines in log.jsonl."""
     seed: int = 0
     """Seed for the data order and initialisation of anything random."""
+    grad_cache_chunk: int = 0
+    """GradCache: encode the step's queries and targets this many rows per forward, with the exact gradient
+    of the whole contrastive batch (memory of one chunk; every row encoded twice). 0 = off."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass instead of storing them."""
+    precision: str = "fp32"
+    """`fp32`, or on CUDA `bf16` / `fp16` autocast (fp16 with a gradient scaler)."""
+    lora_rank: int = 0
+    """LoRA rank on the language model's attention and MLP projections; 0 = full fine-tuning. The think,
+    embedding and CoT token rows stay trainable; the adapter is merged at the end (needs tteflash[train])."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator (the update is alpha / rank times B A)."""
+    lora_dora: bool = False
+    """DoRA: weight-decomposed LoRA (a learned magnitude per output row)."""
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r} (available: {', '.join(SCHEDULES)})")
         if not 0 <= self.staged_cot_fraction < 1:
             raise ValueError(f"staged_cot_fraction must be in [0, 1), got {self.staged_cot_fraction}")
+        if self.grad_cache_chunk < 0:
+            raise ValueError(f"grad_cache_chunk must be >= 0 (0 = off), got {self.grad_cache_chunk}")
+        if self.precision not in precision.PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(precision.PRECISIONS)}, got {self.precision!r}")
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be >= 0 (0 = full fine-tuning), got {self.lora_rank}")
 
     def cot_only(self, step: int) -> bool:
         """The `staged` schedule's CoT warm-up."""
@@ -83,52 +110,7 @@ class TrainConfig:
 
 
 SCHEDULES = ("joint", "detach", "staged")
-StepFn = Callable[[torch.nn.Module, list, TrainConfig, int], dict]
-
-
-def contrastive_step(model, examples, cfg: TrainConfig, step: int = 0) -> dict:
-    """Query rows (with their CoT where the method trains one) and de-duplicated target rows.
-
-    Queries and targets go through separate forwards: padded together, every short target row would
-    be padded to the longest query (think tokens + CoT), doubling the cost of a step."""
-    think = cfg.think_budget(step, model.config.think_tokens)
-    train_cot = cfg.cot_weight > 0
-    if cfg.schedule != "joint" and not (think and train_cot):
-        raise ValueError(f"schedule {cfg.schedule!r} needs think tokens and a CoT loss (cot_weight > 0)")
-
-    def query_pass(with_cot: bool, detach: bool = False):
-        rows = [model.query_row(ex.query, f"{ex.task} query", cot=ex.cot, train_cot=with_cot, think=think)
-                for ex in examples]
-        return model(model.make_batch(rows), detach_think=detach)
-
-    if cfg.cot_only(step):  # staged warm-up: no targets needed
-        cot = query_pass(True).cot_loss
-        return {"cot": cot, "loss": cot}
-    if cfg.schedule == "joint":
-        q_out = query_pass(train_cot)
-        q_emb, cot = q_out.embeddings, q_out.cot_loss
-    else:  # detach: the CoT from its own pass; staged (second stage): no CoT loss
-        cot = query_pass(True).cot_loss if cfg.schedule == "detach" else None
-        q_emb = query_pass(False, detach=True).embeddings
-    keys, d_rows, positive = [], [], []
-    for ex in examples:
-        rest = [i for i in range(len(ex.candidates)) if i != ex.target and i not in ex.hard_negatives]
-        wanted = [ex.target] + (list(ex.hard_negatives) + rest)[: cfg.hard_negatives]
-        for j, c in enumerate(wanted):
-            key = f"{ex.task}/{ex.cand_ids[c]}"
-            if key not in keys:  # identical targets are encoded once and never act as negatives
-                keys.append(key)
-                d_rows.append(model.document_row(ex.candidates[c], f"{ex.task} candidate"))
-            if j == 0:
-                positive.append(keys.index(key))
-    docs = model(model.make_batch(d_rows)).embeddings
-    pos = torch.tensor(positive, device=docs.device)
-    con = info_nce(q_emb, docs, pos, cfg.temperature)
-    result = {"contrastive": con, "loss": con}
-    if cot is not None:
-        result["cot"] = cot
-        result["loss"] = con + cfg.cot_weight * cot
-    return result
+__all__ = ["SCHEDULES", "StepFn", "TrainConfig", "contrastive_step", "lr_lambda", "train"]
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -147,6 +129,27 @@ def _same_config(saved: dict, cfg: TrainConfig) -> bool:
     return all(saved[k] == v if k in saved else v == defaults[k] for k, v in dataclasses.asdict(cfg).items())
 
 
+def set_activation_checkpointing(vlm, on: bool) -> None:
+    """Non-reentrant checkpointing of the backbone's layers (transformers 5.24 renamed gradient_ to activation_;
+    5.17 has only the old name). Non-reentrant: DDP and the think hooks see one ordinary backward."""
+    if hasattr(vlm, "activation_checkpointing_enable"):
+        if on:
+            vlm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            vlm.activation_checkpointing_disable()
+    elif on:
+        vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        vlm.gradient_checkpointing_disable()
+
+
+def _may_leave_parameters_unused(model, cfg: TrainConfig) -> bool:
+    """Whether a backward may miss a trainable parameter: a trained vision tower (text-only rows), an untied
+    LM head (rows without CoT tokens). DDP must then search each backward's graph for unused ones."""
+    tied = model.vlm.get_output_embeddings().weight is model.vlm.get_input_embeddings().weight
+    return not (cfg.freeze_vision or cfg.lora_rank) or not tied
+
+
 def train(model, cfg: TrainConfig, out_dir: str, examples_for_step: Callable[[int], list], *,
           step_fn: StepFn = contrastive_step, progress: bool = True, stop_after: int | None = None,
           desc: str = "train") -> dict:
@@ -154,20 +157,44 @@ def train(model, cfg: TrainConfig, out_dir: str, examples_for_step: Callable[[in
 
     stop_after: end this process after that many steps in total (simulates a kill; tests).
     Returns the history: per logged step the mean of each loss since the previous log line.
+    Under torch.distributed (torchrun) each rank takes its slice of examples_for_step(step), the model is
+    wrapped in DDP, the losses are the global batch's, and only rank 0 writes the checkpoint and the log.
+    With LoRA (cfg.lora_rank) the adapter is merged into the weights before returning.
     """
+    rank, world_size = distributed.world()
+    main = rank == 0
+    device = model.device
+    precision.check(cfg.precision, device)
+    if cfg.grad_cache_chunk and step_fn is not contrastive_step:
+        raise ValueError("grad_cache_chunk chunks the default contrastive step; a custom step_fn cannot be "
+                         "split into chunks (set grad_cache_chunk=0)")
+    if world_size > 1 and not cfg.grad_cache_chunk and _may_leave_parameters_unused(model, cfg):
+        # Queries and targets are two forwards before one backward: DDP cannot search them for unused
+        # parameters (only GradCache's one-forward-per-synchronised-backward can).
+        raise ValueError("under torch.distributed, a trained vision tower (freeze_vision=False) or an untied "
+                         "LM head needs grad_cache_chunk > 0 (DDP cannot find unused parameters across the "
+                         "step's two forwards)")
     os.makedirs(out_dir, exist_ok=True)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
+    find_unused = _may_leave_parameters_unused(model, cfg)
     if cfg.freeze_vision:
         for p in model.vlm.model.visual.parameters():
             p.requires_grad_(False)
+    tuner = None
+    if cfg.lora_rank:
+        from .lora import apply_lora
+        tuner = apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dora)
+    if cfg.gradient_checkpointing:
+        set_activation_checkpointing(model.vlm, True)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    scaler = precision.grad_scaler(cfg.precision, device)
     ckpt = os.path.join(out_dir, "checkpoint.pt")
     state = {"step": 0, "history": [], "train_seconds": 0.0}
     if os.path.exists(ckpt):
@@ -177,19 +204,34 @@ def train(model, cfg: TrainConfig, out_dir: str, examples_for_step: Callable[[in
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["torch_rng"])
+        if scaler.is_enabled() and saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
+        rng = saved.get("torch_rng_ranks")  # one state per rank when written by several
+        torch.set_rng_state(rng[rank] if rng and len(rng) == world_size else saved["torch_rng"])
         state = saved["state"]
-    model.train()
+    net = distributed.wrap(model, find_unused) if world_size > 1 else model  # what the step calls
+
+    def backward(loss: torch.Tensor) -> None:
+        scaler.scale(loss).backward()
+
+    net.train()
     pending: dict[str, list[float]] = state.setdefault("pending", {})  # losses since the last log line
     bar = tqdm(range(state["step"], cfg.steps), initial=state["step"], total=cfg.steps, desc=desc,
-               disable=not progress, dynamic_ncols=True)
+               disable=not (progress and main), dynamic_ncols=True)
     t0 = time.perf_counter()
     for step in bar:
-        losses = step_fn(model, examples_for_step(step), cfg, step)
+        examples = distributed.shard(examples_for_step(step))
         opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
+        if cfg.grad_cache_chunk:
+            losses = grad_cache_step(net, examples, cfg, step, backward)  # backpropagates chunk by chunk
+        else:
+            with precision.autocast(cfg.precision, device):
+                losses = step_fn(net, examples, cfg, step)
+            backward(losses["loss"])
+        scaler.unscale_(opt)  # clip the true gradients
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         sched.step()
         for k, v in losses.items():
             pending.setdefault(k, []).append(float(v.detach()))
@@ -198,18 +240,28 @@ def train(model, cfg: TrainConfig, out_dir: str, examples_for_step: Callable[[in
             line = {"step": state["step"], "lr": sched.get_last_lr()[0], **{k: float(np.mean(v)) for k, v in pending.items()}}
             state["history"].append(line)
             bar.set_postfix({k: f"{v:.3f}" for k, v in line.items() if k not in ("step", "lr")})
-            with open(os.path.join(out_dir, "log.jsonl"), "a") as f:
-                f.write(json.dumps(line) + "\n")
+            if main:
+                with open(os.path.join(out_dir, "log.jsonl"), "a") as f:
+                    f.write(json.dumps(line) + "\n")
             pending = state["pending"] = {}
         done = state["step"] == cfg.steps or (stop_after is not None and state["step"] >= stop_after)
         if state["step"] % cfg.checkpoint_every == 0 or done:
             state["train_seconds"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            with atomic_path(ckpt) as tmp:  # a kill never leaves a half-written checkpoint
-                torch.save({"config": dataclasses.asdict(cfg), "model": model.state_dict(),
-                            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                            "torch_rng": torch.get_rng_state(), "state": state}, tmp)
+            rng_ranks = distributed.gather_objects(torch.get_rng_state())
+            if main:
+                with atomic_path(ckpt) as tmp:  # a kill never leaves a half-written checkpoint
+                    torch.save({"config": dataclasses.asdict(cfg), "model": model.state_dict(),
+                                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(),
+                                "torch_rng_ranks": rng_ranks, "state": state}, tmp)
+            distributed.barrier()  # no rank runs ahead of (or resumes from) a checkpoint being written
         if done:
             break
     model.eval()
+    if cfg.gradient_checkpointing:
+        set_activation_checkpointing(model.vlm, False)
+    if tuner is not None:
+        from .lora import merge_lora
+        merge_lora(model, tuner)
     return state

@@ -1,0 +1,99 @@
+"""What one training step computes for the compared methods: query passes, target rows, the losses.
+
+`contrastive_step` runs the whole batch in one query forward and one target forward; GradCache
+(`gradcache.py`) runs the same passes chunk by chunk. Both read the same pieces from here, so the two
+paths cannot drift apart. Under torch.distributed the losses are those of the global batch
+(`distributed.py`); in one process that code reduces to plain InfoNCE.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import torch
+
+from ..processing import Row
+from .distributed import global_info_nce, step_losses
+
+if TYPE_CHECKING:
+    from .trainer import TrainConfig
+
+StepFn = Callable[[torch.nn.Module, list, "TrainConfig", int], dict]
+
+
+@dataclass
+class QueryPass:
+    """One query-side forward of a step: its rows (one per example), and what is read from it."""
+    rows: list[Row]
+    detach: bool  # no gradient reaches the think-token states
+    emb: bool     # the query embeddings come from this pass
+    cot: bool     # the CoT token losses come from this pass
+
+
+def query_passes(model, examples, cfg: TrainConfig, step: int) -> list[QueryPass]:
+    """The query forwards of this step's schedule (`joint`: one pass; `detach`: a CoT pass and a detached
+    embedding pass; `staged`: the CoT pass alone, later the detached embedding pass alone)."""
+    think = cfg.think_budget(step, model.config.think_tokens)
+    train_cot = cfg.cot_weight > 0
+    if cfg.schedule != "joint" and not (think and train_cot):
+        raise ValueError(f"schedule {cfg.schedule!r} needs think tokens and a CoT loss (cot_weight > 0)")
+
+    def rows(with_cot: bool) -> list[Row]:
+        return [model.query_row(ex.query, f"{ex.task} query", cot=ex.cot, train_cot=with_cot, think=think)
+                for ex in examples]
+
+    if cfg.cot_only(step):  # staged warm-up: no embeddings, no targets
+        return [QueryPass(rows(True), detach=False, emb=False, cot=True)]
+    if cfg.schedule == "joint":
+        return [QueryPass(rows(train_cot), detach=False, emb=True, cot=True)]
+    cot = [QueryPass(rows(True), detach=False, emb=False, cot=True)] if cfg.schedule == "detach" else []
+    return cot + [QueryPass(rows(False), detach=True, emb=True, cot=False)]
+
+
+def run_query_passes(model, passes: list[QueryPass], rows: slice = slice(None)):
+    """(query embeddings or None, per-token CoT losses or None) of `rows` of the examples."""
+    emb = cot = None
+    for p in passes:
+        out = model(model.make_batch(p.rows[rows]), detach_think=p.detach)
+        if p.emb:
+            emb = out.embeddings
+        if p.cot:
+            cot = out.cot_token_loss
+    return emb, cot
+
+
+def target_rows(model, examples, cfg: TrainConfig) -> tuple[list[str], list[Row], list[int]]:
+    """(keys, rows, positive): each example's target and hard negatives, identical targets encoded once;
+    positive[i] is the index of example i's target."""
+    keys, rows, positive = [], [], []
+    for ex in examples:
+        rest = [i for i in range(len(ex.candidates)) if i != ex.target and i not in ex.hard_negatives]
+        wanted = [ex.target] + (list(ex.hard_negatives) + rest)[: cfg.hard_negatives]
+        for j, c in enumerate(wanted):
+            key = f"{ex.task}/{ex.cand_ids[c]}"
+            if key not in keys:  # identical targets are encoded once and never act as negatives
+                keys.append(key)
+                rows.append(model.document_row(ex.candidates[c], f"{ex.task} candidate"))
+            if j == 0:
+                positive.append(keys.index(key))
+    return keys, rows, positive
+
+
+def cot_weight(cfg: TrainConfig, step: int) -> float:
+    """The CoT loss's weight: 1 in the staged warm-up (the CoT loss alone), else lambda."""
+    return 1.0 if cfg.cot_only(step) else cfg.cot_weight
+
+
+def contrastive_step(model, examples, cfg: TrainConfig, step: int = 0) -> dict:
+    """Query rows (with their CoT where the method trains one) and de-duplicated target rows.
+
+    Queries and targets go through separate forwards: padded together, every short target row would
+    be padded to the longest query (think tokens + CoT), doubling the cost of a step."""
+    q_emb, cot = run_query_passes(model, query_passes(model, examples, cfg, step))
+    con = None
+    if q_emb is not None:
+        keys, d_rows, positive = target_rows(model, examples, cfg)
+        docs = model(model.make_batch(d_rows)).embeddings
+        con = global_info_nce(q_emb, docs, keys, positive, cfg.temperature)
+    n_cot = 0 if cot is None else cot.numel()
+    return step_losses(con, None if cot is None else cot.mean(), n_cot, cot_weight(cfg, step))
