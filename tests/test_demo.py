@@ -48,3 +48,25 @@ def test_cli_encode_writes_npy_and_reports_bad_input(tiny_base, tmp_path, capsys
     bad = tmp_path / "bad.npy"
     assert cli(["encode", "--model", tiny_base, "--out", str(bad), "ok", "   "]) == 2
     assert "input 1" in capsys.readouterr().err and not bad.exists()
+
+
+def test_training_in_worker_processes_gives_the_same_model(tiny_base, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+    from tteflash.train.demo import train_in_parallel, train_method
+
+    cfg = TrainConfig(steps=2, batch_size=4, hard_negatives=2, log_every=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        here = train_method("tte_flash_k8", tiny_base, str(tmp_path / "here"), cfg, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    train_in_parallel([dict(name=n, base=tiny_base, out=str(tmp_path / "workers"), cfg=cfg) for n in ("tte_flash_k8", "no_think")], 2)
+    a = load_file(tmp_path / "here" / "tte_flash_k8" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "workers" / "tte_flash_k8" / "model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    base = load_file(f"{tiny_base}/model.safetensors")
+    assert any(not torch.equal(base[k], a[k]) for k in a if k in base)  # the two steps did train
+    assert (tmp_path / "workers" / "no_think" / "trained.json").exists()
+    assert here["train_steps"] == 2 and here["cot_loss_first"] > 0

@@ -17,6 +17,8 @@ def main(argv=None) -> int:
     demo.add_argument("--out", default="runs/demo", help="output directory (finished methods are reused)")
     demo.add_argument("--n-test", type=int, default=None, help="test queries per task (default: the full split)")
     demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    demo.add_argument("--workers", type=int, default=None,
+                      help="methods trained at once, one process each (default: all three on CPU, 1 on a GPU)")
     add_arguments(demo, TrainConfig)
 
     base = sub.add_parser("base", help="pretrain the small base checkpoint (perception, language, alignment)")
@@ -28,6 +30,7 @@ def main(argv=None) -> int:
     st.add_argument("--config", default="configs/study.yaml", help="study grid (YAML)")
     st.add_argument("--seeds", default=None, help="comma-separated subset of the config's seeds")
     st.add_argument("--device", default="cpu")
+    st.add_argument("--workers", type=int, default=None, help="runs trained at once (default: one per CPU core)")
 
     enc = sub.add_parser("encode", help="embed texts (one per line of a file, or arguments) and save a .npy")
     enc.add_argument("--model", required=True, help="checkpoint directory or hub id")
@@ -60,13 +63,14 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.command == "demo":
         from .train.demo import run_demo
-        run_demo(a.base, a.out, from_args(TrainConfig, a), n_test=a.n_test, device=a.device)
+        run_demo(a.base, a.out, from_args(TrainConfig, a), n_test=a.n_test, device=a.device, workers=a.workers)
     elif a.command == "base":
         from .train.base import build_base
         build_base(a.out, steps=a.steps, seed=a.seed)
     elif a.command == "study":
         from .train.study import main as study_main
-        study_main(["--config", a.config, "--device", a.device] + (["--seeds", a.seeds] if a.seeds else []))
+        study_main(["--config", a.config, "--device", a.device] + (["--seeds", a.seeds] if a.seeds else [])
+                   + (["--workers", str(a.workers)] if a.workers else []))
     elif a.command == "eval":
         return _eval_mmeb(a)
     elif a.command == "traces":

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
 import platform
+import shutil
+import time
 
 import numpy as np
 import torch
@@ -41,9 +44,59 @@ def _loss_ends(history: list[dict], key: str) -> tuple[float | None, float | Non
     return float(np.mean(vals[:n])), float(np.mean(vals[-n:]))
 
 
+def train_method(name: str, base: str, out: str, cfg: TrainConfig, device: str = "cpu",
+                 overrides: dict | None = None, progress: bool = True) -> dict:
+    """Train one configuration from the base; writes `out/name/model` and `out/name/trained.json`.
+
+    Reused when `trained.json` exists; a killed run resumes from `out/name/checkpoint.pt`.
+    overrides: model settings (default: METHODS[name])."""
+    d = os.path.join(out, name)
+    done = os.path.join(d, "trained.json")
+    if os.path.exists(done):
+        with open(done) as f:
+            return json.load(f)
+    model = TTEFlashModel.from_pretrained(base, METHODS[name] if overrides is None else overrides, device=device)
+    trains_cot = model.config.method != "no_think"
+    mcfg = dataclasses.replace(cfg, cot_weight=cfg.cot_weight if trains_cot else 0.0)
+    state = train(model, mcfg, d, lambda s: examples_for_step(s, cfg.batch_size, seed=cfg.seed),
+                  progress=progress, desc=name)
+    final, tmp = os.path.join(d, "model"), os.path.join(d, "model.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    info = {"train_seconds": state["train_seconds"], "train_steps": state["step"]}
+    first, last = _loss_ends(state["history"], "cot")
+    if first is not None:
+        info.update(cot_loss_first=first, cot_loss_last=last)
+    write_atomic(done, json.dumps(info, indent=2))
+    return info
+
+
+def _train_job(kwargs: dict) -> dict:
+    torch.set_num_threads(kwargs.pop("threads"))
+    t = time.perf_counter()
+    info = train_method(**kwargs, progress=False)  # several bars at once would garble the terminal
+    print(f"{os.path.join(kwargs['out'], kwargs['name'])}: {info['train_steps']} steps trained ({time.perf_counter() - t:.0f} s)", flush=True)
+    return info
+
+
+def train_in_parallel(jobs: list[dict], workers: int) -> None:
+    """Run train_method(**job) for every job in `workers` processes with one share of the cores each.
+
+    Small models scale poorly across threads (2 threads: about 1.2x one on 2 cores), so separate
+    single-threaded runs finish a grid sooner than one run after another with all threads."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    jobs = [{**job, "threads": threads} for job in jobs]
+    print(f"training {', '.join(j['name'] for j in jobs)} in {workers} processes, {threads} thread(s) each "
+          f"(log: <out>/<method>/log.jsonl)", flush=True)
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        pool.map(_train_job, jobs, chunksize=1)
+
+
 def run_method(name: str, base: str, out: str, cfg: TrainConfig, test, groups, progress=True,
                device: str = "cpu", overrides: dict | None = None, eval_think: list[int] | None = None) -> dict:
-    """Train one configuration from the base, evaluate it, write `out/name/result.json` (reused when present).
+    """Train one configuration (or reuse its training), evaluate it, write `out/name/result.json`.
 
     overrides: model settings (default: METHODS[name]); eval_think: also evaluate at these think budgets
     (entries `name@k`, for nested-budget models)."""
@@ -51,23 +104,14 @@ def run_method(name: str, base: str, out: str, cfg: TrainConfig, test, groups, p
     if os.path.exists(done):  # finished methods are not recomputed
         with open(done) as f:
             return json.load(f)
-    model = TTEFlashModel.from_pretrained(base, METHODS[name] if overrides is None else overrides, device=device)
-    trains_cot = model.config.method != "no_think"
-    mcfg = dataclasses.replace(cfg, cot_weight=cfg.cot_weight if trains_cot else 0.0)
-    state = train(model, mcfg, os.path.join(out, name), lambda s: examples_for_step(s, cfg.batch_size, seed=cfg.seed),
-                  progress=progress, desc=name)
-    model.save_pretrained(os.path.join(out, name, "model"))
-    result = {name: evaluate(model, test, groups)}
+    info = train_method(name, base, out, cfg, device, overrides, progress)
+    model = TTEFlashModel.from_pretrained(os.path.join(out, name, "model"), device=device)
+    result = {name: {**evaluate(model, test, groups), **info}}
     for k in eval_think or []:
-        result[f"{name}@{k}"] = {**evaluate(model, test, groups, think_tokens=k),
-                                 "train_seconds": state["train_seconds"], "train_steps": state["step"]}
-    first, last = _loss_ends(state["history"], "cot")
-    result[name].update(train_seconds=state["train_seconds"], train_steps=state["step"])
-    if first is not None:
-        result[name].update(cot_loss_first=first, cot_loss_last=last)
+        result[f"{name}@{k}"] = {**evaluate(model, test, groups, think_tokens=k), **info}
     if name == "explicit_cot":  # the oracle: the same model, gold CoT at test time
-        result["explicit_cot_oracle"] = {**evaluate(model, test, groups, gold_cot=True),
-                                         "train_seconds": state["train_seconds"], "train_steps": state["step"]}
+        oracle = {k: v for k, v in info.items() if not k.startswith("cot_loss")}
+        result["explicit_cot_oracle"] = {**evaluate(model, test, groups, gold_cot=True), **oracle}
     write_atomic(done, json.dumps(result, indent=2))
     return result
 
@@ -99,13 +143,20 @@ def report(results: dict) -> str:
 
 
 def run_demo(base: str = "checkpoints/base", out: str = "runs/demo", cfg: TrainConfig | None = None,
-             n_test: int | None = None, progress: bool = True, device: str | None = None) -> dict:
+             n_test: int | None = None, progress: bool = True, device: str | None = None,
+             workers: int | None = None) -> dict:
+    """workers: methods trained at once in separate processes (default: all of them on CPU, 1 on a GPU);
+    evaluation (and its timing) runs afterwards in this process, one method at a time."""
     if not os.path.exists(os.path.join(base, "model.safetensors")):
         raise SystemExit(f"no base checkpoint at {base!r}: run `make base` first")
     cfg = cfg or TrainConfig()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     test = bench.load_split("test", n_per_task=n_test)
     groups = {t.name: t.group for t in bench.TASKS}
+    workers = workers or (1 if device == "cuda" else len(METHODS))
+    if workers > 1:
+        todo = [n for n in METHODS if not os.path.exists(os.path.join(out, n, "result.json"))]
+        train_in_parallel([dict(name=n, base=base, out=out, cfg=cfg, device=device) for n in todo], workers)
     methods = {}
     for name in METHODS:
         methods.update(run_method(name, base, out, cfg, test, groups, progress, device))

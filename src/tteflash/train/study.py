@@ -17,7 +17,7 @@ import numpy as np
 from ..config import TTEFlashConfig
 from ..data import bench
 from ..files import atomic_path, write_atomic
-from .demo import GROUP_ORDER, run_method
+from .demo import GROUP_ORDER, run_method, train_in_parallel
 from .trainer import TrainConfig
 
 
@@ -70,27 +70,33 @@ class Study:
         return study
 
 
-def run_study(study: Study, progress: bool = True, device: str = "cpu", only_seeds: list | None = None) -> dict:
+def run_study(study: Study, progress: bool = True, device: str = "cpu", only_seeds: list | None = None,
+              workers: int | None = None) -> dict:
+    """workers: runs trained at once in separate processes (default: one per CPU core, 1 on a GPU); each run
+    is then evaluated (and timed) in this process, one at a time."""
     test = bench.load_split("test", n_per_task=study.n_test)
     groups = {t.name: t.group for t in bench.TASKS}
+    grid = [(seed, run, os.path.join(study.out, f"seed{seed}"), TrainConfig(**{**study.train, **run.train, "seed": seed}))
+            for seed in only_seeds or study.seeds for run in study.runs if seed in (run.seeds or study.seeds)]
+    workers = workers or (1 if device == "cuda" else os.cpu_count() or 1)
+    if workers > 1:
+        train_in_parallel([dict(name=run.name, base=study.base, out=out, cfg=cfg, device=device, overrides=run.model)
+                           for seed, run, out, cfg in grid
+                           if not os.path.exists(os.path.join(out, run.name, "result.json"))], workers)
     entries = []
-    for seed in only_seeds or study.seeds:
-        for run in study.runs:
-            if seed not in (run.seeds or study.seeds):
-                continue
-            cfg = TrainConfig(**{**study.train, **run.train, "seed": seed})
-            res = run_method(run.name, study.base, os.path.join(study.out, f"seed{seed}"), cfg, test, groups,
-                             progress, device, overrides=run.model, eval_think=run.eval_think)
-            for key, r in res.items():
-                k = int(key.split("@")[1]) if "@" in key else None
-                entries.append({"name": key.split("@")[0] if k is None else f"{run.name}_k{k}", "seed": seed,
-                                "config": {"model": run.model, "train": dataclasses.asdict(cfg),
-                                           **({"eval_think_tokens": k} if k is not None else {})},
-                                "k_mode": "nested" if k is not None else run.k_mode,
-                                "k": k if k is not None else run.model.get("think_tokens", 0),
-                                "overall": r["overall"], "by_group": {g: v for g, v in r["by_group"].items()},
-                                "encode_ms_per_query": r["encode_ms_per_query"], "train_seconds": r["train_seconds"]})
-            write_outputs(study, entries)
+    for seed, run, out, cfg in grid:
+        res = run_method(run.name, study.base, out, cfg, test, groups, progress, device, overrides=run.model,
+                         eval_think=run.eval_think)
+        for key, r in res.items():
+            k = int(key.split("@")[1]) if "@" in key else None
+            entries.append({"name": key.split("@")[0] if k is None else f"{run.name}_k{k}", "seed": seed,
+                            "config": {"model": run.model, "train": dataclasses.asdict(cfg),
+                                       **({"eval_think_tokens": k} if k is not None else {})},
+                            "k_mode": "nested" if k is not None else run.k_mode,
+                            "k": k if k is not None else run.model.get("think_tokens", 0),
+                            "overall": r["overall"], "by_group": {g: v for g, v in r["by_group"].items()},
+                            "encode_ms_per_query": r["encode_ms_per_query"], "train_seconds": r["train_seconds"]})
+        write_outputs(study, entries)
     return write_outputs(study, entries)
 
 
@@ -218,9 +224,10 @@ def main(argv=None):
     ap.add_argument("--config", default="configs/study.yaml")
     ap.add_argument("--seeds", default=None, help="comma-separated subset of the config's seeds")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--workers", type=int, default=None, help="runs trained at once (default: one per CPU core)")
     a = ap.parse_args(argv)
     seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else None
-    print("\n".join(run_study(Study.load(a.config), device=a.device, only_seeds=seeds)["conclusions"]))
+    print("\n".join(run_study(Study.load(a.config), device=a.device, only_seeds=seeds, workers=a.workers)["conclusions"]))
 
 
 if __name__ == "__main__":
