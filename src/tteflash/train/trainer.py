@@ -60,8 +60,9 @@ class TrainConfig:
     nested_think: bool = False
     """Nested budgets: each step uses the first k think tokens, k drawn from {1, 2, 4, ..., K}, so one
     checkpoint serves every k (encode(..., think_tokens=k))."""
-    hard_negatives: int = 9
-    """Hard negatives per query from its pool, the example's hard distractors first (9 = the whole pool)."""
+    hard_negatives: int = 3
+    """Hard negatives per query from its pool, the example's hard distractors first (9 = the whole pool).
+    Target rows dominate a step's cost: 3 halves it against 9, at about the same quality per CPU-second."""
     freeze_vision: bool = True
     """Keep the vision tower fixed (the base already perceives the images)."""
     checkpoint_every: int = 100
