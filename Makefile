@@ -5,7 +5,7 @@ CORE := .venv/.core-$(HASH)
 DEV := .venv/.dev-$(HASH)
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: demo test test-slow base study clean
+.PHONY: demo test test-slow base study study-quick clean
 
 $(CORE): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -30,6 +30,9 @@ base: $(CORE)
 
 study: $(DEV)  # hours on 2 cores: see configs/study.yaml
 	$(PY) -m tteflash.cli study --config configs/study.yaml
+
+study-quick: $(DEV)  # one seed of 8 configurations, shorter runs: see `quick` in configs/study.yaml
+	$(PY) -m tteflash.cli study --config configs/study.yaml --quick
 
 clean:
 	rm -rf runs/demo

@@ -70,3 +70,18 @@ def test_seeds_read_different_training_data():
 
     a, b = examples_for_step(0, 4, seed=0), examples_for_step(0, 4, seed=1)
     assert [x.task for x in a] == [x.task for x in b] and [x.cot for x in a] != [x.cot for x in b]
+
+
+def test_quick_selects_its_subset_with_its_own_budget(tmp_path):
+    quick = CONFIG + "quick: {{runs: [no_think, tte_flash_nested], seeds: [5], train: {{steps: 1}}, n_test: 2, out: q}}\n"
+    study = S.Study.load(_write(tmp_path, quick, base="b", out="o"), quick=True)
+    assert [r.name for r in study.runs] == ["no_think", "tte_flash_nested"]
+    assert study.seeds == [5] and all(r.seeds is None for r in study.runs)  # the run's own seeds give way
+    assert study.train["steps"] == 1 and study.train["batch_size"] == 2 and (study.n_test, study.out) == (2, "q")
+    assert study.main == ["no_think"]
+    full = S.Study.load(_write(tmp_path, quick, base="b", out="o"))
+    assert len(full.runs) == 3 and full.train["steps"] == 2 and full.seeds == [0, 1]
+    with pytest.raises(ValueError, match="quick names unknown runs \\['nope'\\]"):
+        S.Study.load(_write(tmp_path, quick.replace("tte_flash_nested]", "nope]"), base="b", out="o"), quick=True)
+    with pytest.raises(ValueError, match="no `quick` section"):
+        S.Study.load(_write(tmp_path, CONFIG, base="b", out="o"), quick=True)

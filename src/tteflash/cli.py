@@ -31,6 +31,7 @@ def main(argv=None) -> int:
     st.add_argument("--seeds", default=None, help="comma-separated subset of the config's seeds")
     st.add_argument("--device", default="cpu")
     st.add_argument("--workers", type=int, default=None, help="runs trained at once (default: one per CPU core)")
+    st.add_argument("--quick", action="store_true", help="the config's `quick` subset (one seed, shorter runs)")
 
     enc = sub.add_parser("encode", help="embed texts (one per line of a file, or arguments) and save a .npy")
     enc.add_argument("--model", required=True, help="checkpoint directory or hub id")
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
     elif a.command == "study":
         from .train.study import main as study_main
         study_main(["--config", a.config, "--device", a.device] + (["--seeds", a.seeds] if a.seeds else [])
-                   + (["--workers", str(a.workers)] if a.workers else []))
+                   + (["--workers", str(a.workers)] if a.workers else []) + (["--quick"] if a.quick else []))
     elif a.command == "eval":
         return _eval_mmeb(a)
     elif a.command == "traces":

@@ -37,6 +37,9 @@ class StudyRun:
     """Seeds for this run (default: the study's); secondary variants may use fewer."""
 
 
+QUICK_KEYS = {"runs", "seeds", "train", "n_test", "out", "main"}
+
+
 @dataclass
 class Study:
     base: str
@@ -46,9 +49,11 @@ class Study:
     train: dict = field(default_factory=dict)
     n_test: int | None = None
     main: list = field(default_factory=list)
+    quick: dict = field(default_factory=dict)
+    """`--quick`: a subset of the runs (`runs`: names) with its own seeds, train, n_test, out and main."""
 
     @classmethod
-    def load(cls, path: str) -> "Study":
+    def load(cls, path: str, quick: bool = False) -> "Study":
         import yaml
 
         with open(path) as f:
@@ -60,6 +65,18 @@ class Study:
         names = [r.name for r in runs]
         if len(set(names)) != len(names):
             raise ValueError(f"{path}: run names must be unique")
+        if quick:
+            q = dict(raw.get("quick") or {})
+            if not q:
+                raise ValueError(f"{path}: no `quick` section for --quick")
+            if set(q) - QUICK_KEYS:
+                raise ValueError(f"{path}: unknown keys in quick: {sorted(set(q) - QUICK_KEYS)}")
+            keep = q.pop("runs", names)
+            if set(keep) - set(names):
+                raise ValueError(f"{path}: quick names unknown runs {sorted(set(keep) - set(names))}")
+            runs = [dataclasses.replace(r, seeds=None) for r in runs if r.name in keep]
+            raw = {**raw, **q, "train": {**raw.get("train", {}), **q.get("train", {})},
+                   "main": q.get("main", [n for n in raw.get("main", []) if n in keep])}
         study = cls(runs=runs, **raw)
         known = {f.name for f in dataclasses.fields(TTEFlashConfig)}
         for r in runs:  # fail before hours of training, not in the middle
@@ -225,9 +242,11 @@ def main(argv=None):
     ap.add_argument("--seeds", default=None, help="comma-separated subset of the config's seeds")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=None, help="runs trained at once (default: one per CPU core)")
+    ap.add_argument("--quick", action="store_true", help="the config's `quick` subset (one seed, shorter runs)")
     a = ap.parse_args(argv)
     seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else None
-    print("\n".join(run_study(Study.load(a.config), device=a.device, only_seeds=seeds, workers=a.workers)["conclusions"]))
+    study = Study.load(a.config, quick=a.quick)
+    print("\n".join(run_study(study, device=a.device, only_seeds=seeds, workers=a.workers)["conclusions"]))
 
 
 if __name__ == "__main__":
