@@ -21,6 +21,14 @@ def main(argv=None) -> int:
                       help="methods trained at once, one process each (default: all three on CPU, 1 on a GPU)")
     add_arguments(demo, TrainConfig)
 
+    trn = sub.add_parser("train", help="train one model on TTE-Bench's training split and save it (under torchrun: "
+                         "data-parallel, one global contrastive batch)")
+    trn.add_argument("--model", default="checkpoints/base", help="starting checkpoint (base, TTE-Flash or Qwen-VL dir / hub id)")
+    trn.add_argument("--out", required=True, help="run directory: checkpoint.pt, log.jsonl, and the trained model in out/model")
+    trn.add_argument("--think-tokens", type=int, default=None, help="K think tokens (default: the checkpoint's setting)")
+    trn.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available; cuda:LOCAL_RANK under torchrun)")
+    add_arguments(trn, TrainConfig)
+
     base = sub.add_parser("base", help="pretrain the small base checkpoint (perception, language, alignment)")
     base.add_argument("--out", default="checkpoints/base")
     base.add_argument("--steps", type=int, default=3200, help="optimizer steps (about 36 minutes on 2 cores)")
@@ -65,6 +73,8 @@ def main(argv=None) -> int:
     if a.command == "demo":
         from .train.demo import run_demo
         run_demo(a.base, a.out, from_args(TrainConfig, a), n_test=a.n_test, device=a.device, workers=a.workers)
+    elif a.command == "train":
+        return _train(a)
     elif a.command == "base":
         from .train.base import build_base
         build_base(a.out, steps=a.steps, seed=a.seed)
@@ -89,6 +99,41 @@ def main(argv=None) -> int:
             return 2
         save_npy_atomic(a.out, emb)  # never a half-written output file
         print(f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings to {a.out}")
+    return 0
+
+
+def _train(a) -> int:
+    """`tte-flash train`; `torchrun --nproc_per_node N -m tteflash.cli train ...` runs it on N ranks."""
+    import os
+
+    import torch
+
+    from .config import from_args
+    from .model import TTEFlashModel
+    from .train import distributed
+    from .train.demo import examples_for_step
+    from .train.trainer import TrainConfig, train
+
+    try:
+        cfg = from_args(TrainConfig, a)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    multi = distributed.init_from_env()
+    rank = distributed.world()[0]
+    device = a.device or (f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
+    try:
+        model = TTEFlashModel.from_pretrained(a.model, {} if a.think_tokens is None else {"think_tokens": a.think_tokens})
+        model.to(device)
+        # the step's examples are a pure function of the step (exact resume); each rank trains on its slice
+        train(model, cfg, a.out, lambda step: examples_for_step(step, cfg.batch_size, seed=cfg.seed), progress=rank == 0)
+        if rank == 0:
+            model.save_pretrained(os.path.join(a.out, "model"))
+            print(f"trained {cfg.steps} steps on {distributed.world()[1]} rank(s); model in {os.path.join(a.out, 'model')}")
+        distributed.barrier()
+    finally:
+        if multi:
+            torch.distributed.destroy_process_group()
     return 0
 
 

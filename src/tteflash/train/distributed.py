@@ -159,5 +159,5 @@ class DDPModel(DistributedDataParallel):
 def wrap(model, find_unused_parameters: bool) -> DDPModel:
     device = model.device
     return DDPModel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                    broadcast_buffers=False,  # the model's buffers (rotary frequencies) never change
+                    forward_sync_buffers=False,  # the model's buffers (rotary frequencies) never change
                     find_unused_parameters=find_unused_parameters)
