@@ -126,3 +126,13 @@ def test_torchrun_cli_trains_and_saves_on_rank_zero(tiny_base, tmp_path):
     assert "on 2 rank(s)" in res.stdout
     assert [json.loads(line)["step"] for line in open(out / "log.jsonl")] == [1, 2]
     assert TTEFlashModel.from_pretrained(str(out / "model")).config.think_tokens == 4
+
+
+def test_cli_train_help_lists_the_training_flags(capsys):
+    from tteflash.cli import main
+
+    with pytest.raises(SystemExit) as e:  # the help text once failed on the "%" of a field docstring
+        main(["train", "--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # help lines are wrapped
+    assert "--grad-cache-chunk" in out and "--lora-rank" in out and "10% of the peak" in out

@@ -23,7 +23,7 @@ def field_docs(cls) -> dict[str, str]:
 
 def add_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "") -> None:
     """One `--flag` per dataclass field, typed and documented from the class."""
-    docs = field_docs(cls)
+    docs = {k: v.replace("%", "%%") for k, v in field_docs(cls).items()}  # argparse formats help with %
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         kind = hints[f.name]
