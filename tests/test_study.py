@@ -85,3 +85,21 @@ def test_quick_selects_its_subset_with_its_own_budget(tmp_path):
         S.Study.load(_write(tmp_path, quick.replace("tte_flash_nested]", "nope]"), base="b", out="o"), quick=True)
     with pytest.raises(ValueError, match="no `quick` section"):
         S.Study.load(_write(tmp_path, CONFIG, base="b", out="o"), quick=True)
+
+
+def _entry(name, seed, hit1, k_mode=None):
+    return {"name": name, "seed": seed, "k_mode": k_mode, "k": 8, "overall": {"hit@1": hit1}, "n_queries": 400}
+
+
+def test_conclusions_need_three_seeds_and_a_gap_beyond_the_spread():
+    one = [_entry("no_think", 0, 0.20), _entry("tte_flash_k8", 0, 0.30)]
+    _, c = S.summarise(one)
+    assert "one seed: no spread measured; sampling error alone about +-2.0 on 400 queries" in c[0]
+    assert c[1].endswith("is not met.")  # +10 points, but a single seed proves nothing
+    three = [_entry("no_think", s, v) for s, v in enumerate([0.20, 0.21, 0.19])]
+    three += [_entry("tte_flash_k8", s, v) for s, v in enumerate([0.26, 0.27, 0.25])]
+    _, c = S.summarise(three)
+    assert "+6.0 points; larger than the seed spread of 1.0" in c[0] and c[1].endswith("is met.")
+    noisy = three[:3] + [_entry("tte_flash_k8", s, v) for s, v in enumerate([0.16, 0.27, 0.35])]
+    _, c = S.summarise(noisy)
+    assert "inside the seed spread" in c[0] and c[1].endswith("is not met.")

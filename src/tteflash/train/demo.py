@@ -86,6 +86,8 @@ def train_in_parallel(jobs: list[dict], workers: int) -> None:
 
     Small models scale poorly across threads (2 threads: about 1.2x one on 2 cores), so separate
     single-threaded runs finish a grid sooner than one run after another with all threads."""
+    if not jobs:
+        return
     threads = max(1, (os.cpu_count() or 1) // workers)
     jobs = [{**job, "threads": threads} for job in jobs]
     print(f"training {', '.join(j['name'] for j in jobs)} in {workers} processes, {threads} thread(s) each "
