@@ -21,10 +21,24 @@ if TYPE_CHECKING:
 StepFn = Callable[[torch.nn.Module, list, "TrainConfig", int], dict]
 
 
+class LazyRows:
+    """Rows built on indexing, so GradCache holds one chunk's pixels at a time, not the whole batch's
+    (1,024 images of 448 px are about 5 GB of patches); the plain step indexes them all at once."""
+
+    def __init__(self, build: Callable[[int], Row], n: int):
+        self.build, self.n = build, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, rows: slice) -> list[Row]:
+        return [self.build(i) for i in range(*rows.indices(self.n))]
+
+
 @dataclass
 class QueryPass:
     """One query-side forward of a step: its rows (one per example), and what is read from it."""
-    rows: list[Row]
+    rows: LazyRows
     detach: bool  # no gradient reaches the think-token states
     emb: bool     # the query embeddings come from this pass
     cot: bool     # the CoT token losses come from this pass
@@ -38,9 +52,11 @@ def query_passes(model, examples, cfg: TrainConfig, step: int) -> list[QueryPass
     if cfg.schedule != "joint" and not (think and train_cot):
         raise ValueError(f"schedule {cfg.schedule!r} needs think tokens and a CoT loss (cot_weight > 0)")
 
-    def rows(with_cot: bool) -> list[Row]:
-        return [model.query_row(ex.query, f"{ex.task} query", cot=ex.cot, train_cot=with_cot, think=think)
-                for ex in examples]
+    def rows(with_cot: bool) -> LazyRows:
+        def build(i: int) -> Row:
+            ex = examples[i]
+            return model.query_row(ex.query, f"{ex.task} query", cot=ex.cot, train_cot=with_cot, think=think)
+        return LazyRows(build, len(examples))
 
     if cfg.cot_only(step):  # staged warm-up: no embeddings, no targets
         return [QueryPass(rows(True), detach=False, emb=False, cot=True)]
@@ -62,10 +78,10 @@ def run_query_passes(model, passes: list[QueryPass], rows: slice = slice(None)):
     return emb, cot
 
 
-def target_rows(model, examples, cfg: TrainConfig) -> tuple[list[str], list[Row], list[int]]:
+def target_rows(model, examples, cfg: TrainConfig) -> tuple[list[str], LazyRows, list[int]]:
     """(keys, rows, positive): each example's target and hard negatives, identical targets encoded once;
     positive[i] is the index of example i's target."""
-    keys, rows, positive = [], [], []
+    keys, items, positive = [], [], []
     for ex in examples:
         rest = [i for i in range(len(ex.candidates)) if i != ex.target and i not in ex.hard_negatives]
         wanted = [ex.target] + (list(ex.hard_negatives) + rest)[: cfg.hard_negatives]
@@ -73,10 +89,10 @@ def target_rows(model, examples, cfg: TrainConfig) -> tuple[list[str], list[Row]
             key = f"{ex.task}/{ex.cand_ids[c]}"
             if key not in keys:  # identical targets are encoded once and never act as negatives
                 keys.append(key)
-                rows.append(model.document_row(ex.candidates[c], f"{ex.task} candidate"))
+                items.append((ex.candidates[c], f"{ex.task} candidate"))
             if j == 0:
                 positive.append(keys.index(key))
-    return keys, rows, positive
+    return keys, LazyRows(lambda i: model.document_row(*items[i]), len(items)), positive
 
 
 def cot_weight(cfg: TrainConfig, step: int) -> float:
@@ -93,7 +109,7 @@ def contrastive_step(model, examples, cfg: TrainConfig, step: int = 0) -> dict:
     con = None
     if q_emb is not None:
         keys, d_rows, positive = target_rows(model, examples, cfg)
-        docs = model(model.make_batch(d_rows)).embeddings
+        docs = model(model.make_batch(d_rows[:])).embeddings
         con = global_info_nce(q_emb, docs, keys, positive, cfg.temperature)
     n_cot = 0 if cot is None else cot.numel()
     return step_losses(con, None if cot is None else cot.mean(), n_cot, cot_weight(cfg, step))
