@@ -38,6 +38,9 @@ def test_demo_writes_results_in_the_documented_layout(tiny_base, tmp_path):
     # a second run reuses every finished method instead of retraining
     again = run_demo(tiny_base, str(tmp_path), cfg, n_test=2, progress=False)
     assert again["methods"] == results["methods"]
+    # ... but never under other settings: old results would be reported as the new ones
+    with pytest.raises(ValueError, match="no_think holds a run trained with other or unrecorded settings"):
+        run_demo(tiny_base, str(tmp_path), TrainConfig(steps=3, batch_size=4, hard_negatives=2), n_test=2, progress=False)
 
 
 def test_cli_encode_writes_npy_and_reports_bad_input(tiny_base, tmp_path, capsys):
@@ -70,3 +73,15 @@ def test_training_in_worker_processes_gives_the_same_model(tiny_base, tmp_path):
     assert any(not torch.equal(base[k], a[k]) for k in a if k in base)  # the two steps did train
     assert (tmp_path / "workers" / "no_think" / "trained.json").exists()
     assert here["train_steps"] == 2 and here["cot_loss_first"] > 0
+    # a finished training is reused only with the settings it was trained with
+    assert train_method("tte_flash_k8", tiny_base, str(tmp_path / "here"), cfg, progress=False) == here
+    with pytest.raises(ValueError, match="tte_flash_k8 holds a run trained with other or unrecorded settings"):
+        train_method("tte_flash_k8", tiny_base, str(tmp_path / "here"), TrainConfig(steps=3, batch_size=4), progress=False)
+    with pytest.raises(ValueError, match="trained with other or unrecorded settings"):
+        train_method("tte_flash_k8", tiny_base, str(tmp_path / "here"), cfg, overrides={"think_tokens": 4}, progress=False)
+    old = tmp_path / "here" / "tte_flash_k8" / "trained.json"  # written before settings were recorded
+    old.write_text(json.dumps({k: v for k, v in json.loads(old.read_text()).items() if k != "trained_with"}))
+    with pytest.raises(ValueError, match="unrecorded settings \\(None\\)"):
+        train_method("tte_flash_k8", tiny_base, str(tmp_path / "here"), cfg, progress=False)
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        train_in_parallel([], 0)

@@ -51,6 +51,8 @@ def test_study_runs_resumes_and_writes_the_documented_layout(tiny_base, tmp_path
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     # resumable: finished runs are read back, not retrained
     monkeypatch.setattr("tteflash.train.demo.train", lambda *a, **k: pytest.fail("retrained a finished run"))
+    monkeypatch.setattr("tteflash.train.demo.multiprocessing.get_context",
+                        lambda *a: pytest.fail("started worker processes with nothing left to train"))
     assert S.run_study(study, progress=False) == results
 
 

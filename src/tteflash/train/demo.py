@@ -18,7 +18,7 @@ from ..data import bench
 from ..eval.evaluate import evaluate
 from ..files import write_atomic
 from ..model import TTEFlashModel
-from .trainer import TrainConfig, train
+from .trainer import TrainConfig, same_train_config, train
 
 # Every compared method is a configuration of the same model, trained with the same TrainConfig.
 METHODS = {
@@ -52,10 +52,11 @@ def train_method(name: str, base: str, out: str, cfg: TrainConfig, device: str =
     overrides: model settings (default: METHODS[name])."""
     d = os.path.join(out, name)
     done = os.path.join(d, "trained.json")
-    if os.path.exists(done):
-        with open(done) as f:
-            return json.load(f)
-    model = TTEFlashModel.from_pretrained(base, METHODS[name] if overrides is None else overrides, device=device)
+    trained_with = _trained_with(name, base, cfg, overrides)
+    info = _load_if_same(done, trained_with, cfg)
+    if info is not None:
+        return info
+    model = TTEFlashModel.from_pretrained(base, trained_with["model"], device=device)
     trains_cot = model.config.method != "no_think"
     mcfg = dataclasses.replace(cfg, cot_weight=cfg.cot_weight if trains_cot else 0.0)
     state = train(model, mcfg, d, lambda s: examples_for_step(s, cfg.batch_size, seed=cfg.seed),
@@ -69,8 +70,29 @@ def train_method(name: str, base: str, out: str, cfg: TrainConfig, device: str =
     first, last = _loss_ends(state["history"], "cot")
     if first is not None:
         info.update(cot_loss_first=first, cot_loss_last=last)
-    write_atomic(done, json.dumps(info, indent=2))
+    write_atomic(done, json.dumps({**info, "trained_with": trained_with}, indent=2))
     return info
+
+
+def _trained_with(name: str, base: str, cfg: TrainConfig, overrides: dict | None) -> dict:
+    """What a run's files were produced from; a finished run is reused only for the same."""
+    return {"model": METHODS[name] if overrides is None else overrides, "train": dataclasses.asdict(cfg),
+            "base": os.path.realpath(base)}
+
+
+def _load_if_same(path: str, trained_with: dict, cfg: TrainConfig) -> dict | None:
+    """The JSON at `path` without its `trained_with` record, None when absent; an error when it was produced
+    with other (or unrecorded) settings, rather than reporting old results under new settings."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        data = json.load(f)
+    saved = data.pop("trained_with", None)
+    if (saved is None or saved["model"] != trained_with["model"] or saved["base"] != trained_with["base"]
+            or not same_train_config(saved["train"], cfg)):
+        raise ValueError(f"{os.path.dirname(path)} holds a run trained with other or unrecorded settings "
+                         f"({saved}); use another output directory or delete it")
+    return data
 
 
 def _train_job(kwargs: dict) -> dict:
@@ -81,19 +103,26 @@ def _train_job(kwargs: dict) -> dict:
     return info
 
 
-def train_in_parallel(jobs: list[dict], workers: int) -> None:
-    """Run train_method(**job) for every job in `workers` processes with one share of the cores each.
+def train_in_parallel(jobs: list[dict], workers: int | None = None, device: str = "cpu") -> None:
+    """Run train_method(**job) for the unfinished jobs in up to `workers` processes (default: one per CPU
+    core), one share of the cores each; with one worker (the default on a GPU) nothing runs here and
+    run_method trains in the calling process.
 
     Small models scale poorly across threads (2 threads: about 1.2x one on 2 cores), so separate
     single-threaded runs finish a grid sooner than one run after another with all threads."""
-    if not jobs:
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    jobs = [j for j in jobs if not any(os.path.exists(os.path.join(j["out"], j["name"], f))
+                                       for f in ("trained.json", "result.json"))]
+    workers = min(workers or (1 if torch.device(device).type == "cuda" else cores), len(jobs))
+    if workers <= 1:
         return
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    jobs = [{**job, "threads": threads} for job in jobs]
+    threads = max(1, cores // workers)
     print(f"training {', '.join(j['name'] for j in jobs)} in {workers} processes, {threads} thread(s) each "
           f"(log: <out>/<method>/log.jsonl)", flush=True)
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        pool.map(_train_job, jobs, chunksize=1)
+        pool.map(_train_job, [{**job, "device": device, "threads": threads} for job in jobs], chunksize=1)
 
 
 def run_method(name: str, base: str, out: str, cfg: TrainConfig, test, groups, progress=True,
@@ -103,9 +132,10 @@ def run_method(name: str, base: str, out: str, cfg: TrainConfig, test, groups, p
     overrides: model settings (default: METHODS[name]); eval_think: also evaluate at these think budgets
     (entries `name@k`, for nested-budget models)."""
     done = os.path.join(out, name, "result.json")
-    if os.path.exists(done):  # finished methods are not recomputed
-        with open(done) as f:
-            return json.load(f)
+    trained_with = _trained_with(name, base, cfg, overrides)
+    result = _load_if_same(done, trained_with, cfg)
+    if result is not None:  # finished methods are not recomputed
+        return result
     info = train_method(name, base, out, cfg, device, overrides, progress)
     model = TTEFlashModel.from_pretrained(os.path.join(out, name, "model"), device=device)
     result = {name: {**evaluate(model, test, groups), **info}}
@@ -114,7 +144,7 @@ def run_method(name: str, base: str, out: str, cfg: TrainConfig, test, groups, p
     if name == "explicit_cot":  # the oracle: the same model, gold CoT at test time
         oracle = {k: v for k, v in info.items() if not k.startswith("cot_loss")}
         result["explicit_cot_oracle"] = {**evaluate(model, test, groups, gold_cot=True), **oracle}
-    write_atomic(done, json.dumps(result, indent=2))
+    write_atomic(done, json.dumps({**result, "trained_with": trained_with}, indent=2))
     return result
 
 
@@ -139,6 +169,9 @@ def report(results: dict) -> str:
                         f"trained {r['train_steps']} steps in {r['train_seconds']:.0f} s")
         else:
             text.append(f"- {name}: trained {r['train_steps']} steps in {r['train_seconds']:.0f} s")
+    if results.get("train_workers", 1) > 1:
+        text.append(f"- the methods trained at once in {results['train_workers']} processes: their training times "
+                    "are wall times while sharing the cores")
     env = results["environment"]
     text += ["", f"Environment: {env['device']}, torch {env['torch']}, transformers {env['transformers']}.", ""]
     return "\n".join(text)
@@ -155,10 +188,10 @@ def run_demo(base: str = "checkpoints/base", out: str = "runs/demo", cfg: TrainC
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     test = bench.load_split("test", n_per_task=n_test)
     groups = {t.name: t.group for t in bench.TASKS}
-    workers = workers or (1 if device == "cuda" else len(METHODS))
-    if workers > 1:
-        todo = [n for n in METHODS if not os.path.exists(os.path.join(out, n, "result.json"))]
-        train_in_parallel([dict(name=n, base=base, out=out, cfg=cfg, device=device) for n in todo], workers)
+    on_gpu = torch.device(device).type == "cuda"
+    workers = workers or (1 if on_gpu else len(METHODS))  # 3 processes on 2 cores beat 2: no idle core at the end
+    t0 = time.perf_counter()
+    train_in_parallel([dict(name=n, base=base, out=out, cfg=cfg) for n in METHODS], workers, device)
     methods = {}
     for name in METHODS:
         methods.update(run_method(name, base, out, cfg, test, groups, progress, device))
@@ -166,9 +199,11 @@ def run_demo(base: str = "checkpoints/base", out: str = "runs/demo", cfg: TrainC
         "benchmark": {"name": bench.BENCH_NAME, "version": bench.BENCH_VERSION, "n_test_queries": len(test),
                       "chance_hit@1": float(np.mean([1 / len(ex.candidates) for ex in test])),
                       "tasks": [dataclasses.asdict(t) for t in bench.TASKS]},
-        "environment": {"device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores, {platform.machine()})",
+        "environment": {"device": torch.cuda.get_device_name(device) if on_gpu else f"cpu ({os.cpu_count()} cores, {platform.machine()})",
                         "torch": torch.__version__, "transformers": transformers.__version__},
         "train_config": dataclasses.asdict(cfg),
+        "train_workers": workers,  # methods trained at once: their train_seconds are wall times while sharing the cores
+        "wall_seconds": time.perf_counter() - t0,  # training and evaluation in this call (set-up and reused runs excluded)
         "methods": methods,
     }
     write_atomic(os.path.join(out, "results.json"), json.dumps(results, indent=2))

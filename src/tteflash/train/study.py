@@ -95,11 +95,8 @@ def run_study(study: Study, progress: bool = True, device: str = "cpu", only_see
     groups = {t.name: t.group for t in bench.TASKS}
     grid = [(seed, run, os.path.join(study.out, f"seed{seed}"), TrainConfig(**{**study.train, **run.train, "seed": seed}))
             for seed in only_seeds or study.seeds for run in study.runs if seed in (run.seeds or study.seeds)]
-    workers = workers or (1 if device == "cuda" else os.cpu_count() or 1)
-    if workers > 1:
-        train_in_parallel([dict(name=run.name, base=study.base, out=out, cfg=cfg, device=device, overrides=run.model)
-                           for seed, run, out, cfg in grid
-                           if not os.path.exists(os.path.join(out, run.name, "result.json"))], workers)
+    train_in_parallel([dict(name=run.name, base=study.base, out=out, cfg=cfg, overrides=run.model)
+                       for seed, run, out, cfg in grid], workers, device)
     entries = []
     for seed, run, out, cfg in grid:
         res = run_method(run.name, study.base, out, cfg, test, groups, progress, device, overrides=run.model,

@@ -123,7 +123,7 @@ def lr_lambda(cfg: TrainConfig):
     return f
 
 
-def _same_config(saved: dict, cfg: TrainConfig) -> bool:
+def same_train_config(saved: dict, cfg: TrainConfig) -> bool:
     """Equal settings; a field added to TrainConfig after the checkpoint was written counts as equal when
     this run leaves it at its default (the saved run behaved as that default)."""
     defaults = dataclasses.asdict(TrainConfig())
@@ -200,7 +200,7 @@ def train(model, cfg: TrainConfig, out_dir: str, examples_for_step: Callable[[in
     state = {"step": 0, "history": [], "train_seconds": 0.0}
     if os.path.exists(ckpt):
         saved = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if not _same_config(saved["config"], cfg):
+        if not same_train_config(saved["config"], cfg):
             raise ValueError(f"{ckpt} was written with another TrainConfig; use a new out_dir or delete it")
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
