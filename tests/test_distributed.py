@@ -16,14 +16,16 @@ from tteflash.train import distributed
 from tteflash.train.gradcache import grad_cache_step
 from tteflash.train.trainer import TrainConfig, contrastive_step, train
 
-# (name, grad_cache_chunk, vision tower trained): with the vision tower trained, a chunk of text-only targets
-# leaves it unused, and DDP must find unused parameters (the trainer's choice, _may_leave_parameters_unused).
-PARTS = (("plain", 0, False), ("grad_cache", 3, False), ("grad_cache_vision", 3, True))
+# (name, grad_cache_chunk, vision tower trained, model settings): with the vision tower trained, a chunk of
+# text-only targets leaves it unused; with an intermediate embedding layer, a chunk of targets never runs the
+# layers above it. DDP must then find unused parameters (the trainer's choice, _may_leave_parameters_unused).
+PARTS = (("plain", 0, False, {}), ("grad_cache", 3, False, {}), ("grad_cache_vision", 3, True, {}),
+         ("grad_cache_embed_layer", 3, False, {"embed_layer": 1}))
 CFG = TrainConfig(steps=2, batch_size=7, lr=3e-3, warmup_steps=1, log_every=1, hard_negatives=1, temperature=0.1)
 
 
-def _model(model_dir: str, train_vision: bool):
-    model = TTEFlashModel.from_pretrained(model_dir)
+def _model(model_dir: str, train_vision: bool, settings: dict):
+    model = TTEFlashModel.from_pretrained(model_dir, settings)
     model.train()
     for p in model.vlm.model.visual.parameters():
         p.requires_grad_(train_vision)
@@ -40,9 +42,9 @@ def _worker(rank: int, world: int, port: int, model_dir: str, examples: list, ou
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     try:
         result = {}
-        for name, chunk, vision in PARTS:  # one step's losses and synchronised gradients
-            model = _model(model_dir, vision)
-            net = distributed.wrap(model, find_unused_parameters=vision)
+        for name, chunk, vision, settings in PARTS:  # one step's losses and synchronised gradients
+            model = _model(model_dir, vision, settings)
+            net = distributed.wrap(model, find_unused_parameters=vision or bool(settings))
             mine = distributed.shard(examples)
             cfg = dataclasses.replace(CFG, grad_cache_chunk=chunk)
             if chunk:
@@ -74,8 +76,8 @@ def test_two_processes_equal_one_with_the_merged_batch(fresh_backbone, train_exa
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     assert [ranks[r]["plain"][2] for r in range(2)] == [3, 4]
 
-    for name, chunk, vision in PARTS:
-        one = _model(model_dir, vision)
+    for name, chunk, vision, settings in PARTS:
+        one = _model(model_dir, vision, settings)
         want = contrastive_step(one, examples, dataclasses.replace(CFG, grad_cache_chunk=chunk), 0)
         want["loss"].backward()
         want_grads = _grads(one)
@@ -136,3 +138,11 @@ def test_cli_train_help_lists_the_training_flags(capsys):
     assert e.value.code == 0
     out = " ".join(capsys.readouterr().out.split())  # help lines are wrapped
     assert "--grad-cache-chunk" in out and "--lora-rank" in out and "10% of the peak" in out
+
+
+def test_ddp_searches_for_unused_parameters_above_an_intermediate_embedding_layer(fresh_backbone):
+    from tteflash.train.trainer import _may_leave_parameters_unused
+
+    backbone = fresh_backbone(seed=3)
+    assert not _may_leave_parameters_unused(TTEFlashModel(backbone, TTEFlashConfig(think_tokens=2)), CFG)
+    assert _may_leave_parameters_unused(TTEFlashModel(backbone, TTEFlashConfig(think_tokens=2, embed_layer=1)), CFG)

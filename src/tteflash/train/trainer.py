@@ -146,9 +146,10 @@ def set_activation_checkpointing(vlm, on: bool) -> None:
 
 def _may_leave_parameters_unused(model, cfg: TrainConfig) -> bool:
     """Whether a backward may miss a trainable parameter: a trained vision tower (text-only rows), an untied
-    LM head (rows without CoT tokens). DDP must then search each backward's graph for unused ones."""
+    LM head (rows without CoT tokens), the layers above an intermediate embedding layer (a pass without CoT
+    stops below them). DDP must then search each backward's graph for unused ones."""
     tied = model.vlm.get_output_embeddings().weight is model.vlm.get_input_embeddings().weight
-    return not (cfg.freeze_vision or cfg.lora_rank) or not tied
+    return not (cfg.freeze_vision or cfg.lora_rank) or not tied or model._embed_layer_module() is not None
 
 
 def train(model, cfg: TrainConfig, out_dir: str, examples_for_step: Callable[[int], list], *,
