@@ -105,3 +105,8 @@ def test_conclusions_need_three_seeds_and_a_gap_beyond_the_spread():
     noisy = three[:3] + [_entry("tte_flash_k8", s, v) for s, v in enumerate([0.16, 0.27, 0.35])]
     _, c = S.summarise(noisy)
     assert "inside the seed spread" in c[0] and c[1].endswith("is not met.")
+    # only the configurations named in advance compete: a lucky variant outside them cannot carry the claim
+    lucky = noisy + [_entry("tte_flash_lucky", s, 0.40) for s in range(3)]
+    assert S.summarise(lucky)[1][1].endswith("is met.")
+    _, c = S.summarise(lucky, candidates=["tte_flash_k8"])
+    assert c[0].startswith("Best TTE-Flash setting named in main (tte_flash_k8) tte_flash_k8:") and c[1].endswith("is not met.")

@@ -79,9 +79,10 @@ def main(argv=None) -> int:
         from .train.base import build_base
         build_base(a.out, steps=a.steps, seed=a.seed)
     elif a.command == "study":
-        from .train.study import main as study_main
-        study_main(["--config", a.config, "--device", a.device] + (["--seeds", a.seeds] if a.seeds else [])
-                   + (["--workers", str(a.workers)] if a.workers else []) + (["--quick"] if a.quick else []))
+        from .train.study import Study, run_study
+        seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else None
+        study = Study.load(a.config, quick=a.quick)
+        print("\n".join(run_study(study, device=a.device, only_seeds=seeds, workers=a.workers)["conclusions"]))
     elif a.command == "eval":
         return _eval_mmeb(a)
     elif a.command == "traces":
