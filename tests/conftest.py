@@ -45,6 +45,22 @@ def fresh_backbone(tokenizer):
 
 
 @pytest.fixture(scope="session")
+def seeded_model(fresh_backbone):
+    """Factory for training tests: seeded_model(seed) is a new K=4 model whose initial weights depend only on
+    the seed, so two runs (plain vs GradCache, one process vs two) start from the same point."""
+    initial = {}
+
+    def make(seed: int) -> TTEFlashModel:
+        if seed not in initial:
+            m = TTEFlashModel(fresh_backbone(seed=seed), TTEFlashConfig(think_tokens=4))
+            initial[seed] = {k: v.clone() for k, v in m.state_dict().items()}
+        m = TTEFlashModel(fresh_backbone(seed=0), TTEFlashConfig(think_tokens=4))
+        m.load_state_dict(initial[seed])
+        return m
+    return make
+
+
+@pytest.fixture(scope="session")
 def backbone(tokenizer):
     bb = _backbone(tokenizer)
     bb.model.eval()

@@ -4,23 +4,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tteflash.config import TTEFlashConfig
-from tteflash.model import TTEFlashModel
 from tteflash.train.gradcache import _RngState, grad_cache_step
 from tteflash.train.trainer import TrainConfig, contrastive_step, train
 
 
-@pytest.fixture(scope="module")
-def initial(fresh_backbone):
-    m = TTEFlashModel(fresh_backbone(seed=5), TTEFlashConfig(think_tokens=4))
-    return {k: v.clone() for k, v in m.state_dict().items()}
-
-
 @pytest.fixture
-def new_model(fresh_backbone, initial):
+def new_model(seeded_model):
     def make():
-        m = TTEFlashModel(fresh_backbone(seed=0), TTEFlashConfig(think_tokens=4))
-        m.load_state_dict(initial)
+        m = seeded_model(5)
         m.train()
         for p in m.vlm.model.visual.parameters():
             p.requires_grad_(False)

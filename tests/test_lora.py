@@ -6,7 +6,6 @@ import sys
 import pytest
 import torch
 
-from tteflash.config import TTEFlashConfig
 from tteflash.model import TTEFlashModel
 from tteflash.train.lora import apply_lora, project_token_ids
 from tteflash.train.trainer import TrainConfig, train
@@ -14,19 +13,14 @@ from tteflash.train.trainer import TrainConfig, train
 pytest.importorskip("peft")
 
 
-@pytest.fixture(scope="module")
-def initial(fresh_backbone):
-    m = TTEFlashModel(fresh_backbone(seed=11), TTEFlashConfig(think_tokens=4))
-    return {k: v.clone() for k, v in m.state_dict().items()}
+@pytest.fixture
+def new_model(seeded_model):
+    return lambda: seeded_model(11)
 
 
 @pytest.fixture
-def new_model(fresh_backbone, initial):
-    def make():
-        m = TTEFlashModel(fresh_backbone(seed=0), TTEFlashConfig(think_tokens=4))
-        m.load_state_dict(initial)
-        return m
-    return make
+def initial(seeded_model):
+    return seeded_model(11).state_dict()
 
 
 def _cfg(**kw):

@@ -8,26 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from tteflash.config import TTEFlashConfig
 from tteflash.losses import info_nce
-from tteflash.model import TTEFlashModel
 from tteflash.train.trainer import TrainConfig, contrastive_step, lr_lambda, train
 
 
-@pytest.fixture(scope="module")
-def initial(fresh_backbone):
-    """Initial weights of a private K=4 model; each run starts from a fresh model loaded with them."""
-    m = TTEFlashModel(fresh_backbone(seed=3), TTEFlashConfig(think_tokens=4))
-    return {k: v.clone() for k, v in m.state_dict().items()}
-
-
 @pytest.fixture
-def new_model(fresh_backbone, initial):
-    def make():
-        m = TTEFlashModel(fresh_backbone(seed=0), TTEFlashConfig(think_tokens=4))
-        m.load_state_dict(initial)
-        return m
-    return make
+def new_model(seeded_model):
+    """Each run starts from a fresh model with the same initial weights."""
+    return lambda: seeded_model(3)
 
 
 def _cfg(**kw):
