@@ -110,6 +110,7 @@ def _train(a) -> int:
     import torch
 
     from .config import from_args
+    from .files import atomic_dir
     from .model import TTEFlashModel
     from .train import distributed
     from .train.demo import examples_for_step
@@ -129,7 +130,8 @@ def _train(a) -> int:
         # the step's examples are a pure function of the step (exact resume); each rank trains on its slice
         train(model, cfg, a.out, lambda step: examples_for_step(step, cfg.batch_size, seed=cfg.seed), progress=rank == 0)
         if rank == 0:
-            model.save_pretrained(os.path.join(a.out, "model"))
+            with atomic_dir(os.path.join(a.out, "model")) as tmp:
+                model.save_pretrained(tmp)
             print(f"trained {cfg.steps} steps on {distributed.world()[1]} rank(s); model in {os.path.join(a.out, 'model')}")
         distributed.barrier()
     finally:

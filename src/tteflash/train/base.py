@@ -24,6 +24,7 @@ import torch
 from ..backbone import build_tiny_backbone, train_tiny_tokenizer
 from ..config import TTEFlashConfig
 from ..data import bench
+from ..files import atomic_dir
 from ..losses import info_nce
 from ..model import TTEFlashModel
 from ..processing import Row
@@ -111,17 +112,14 @@ def build_base(out: str, steps: int = 3200, seed: int = 0, progress: bool = True
     curriculum = int(0.5 * steps)
     state = train(model, cfg, work, lambda s: base_examples(s, cfg, curriculum), step_fn=perception_step,
                   progress=progress, desc="base")
-    tmp = out + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
     info = {"steps": steps, "train_seconds": state["train_seconds"], "wall_seconds": time.time() - t0,
             "params": sum(p.numel() for p in model.parameters()), "history_last": state["history"][-1],
             "perception": perception_report(model),
             "benchmark": f"{bench.BENCH_NAME} {bench.BENCH_VERSION}", "torch": torch.__version__}
-    with open(os.path.join(tmp, "base_info.json"), "w") as f:
-        json.dump(info, f, indent=2)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        with open(os.path.join(tmp, "base_info.json"), "w") as f:
+            json.dump(info, f, indent=2)
     shutil.rmtree(work, ignore_errors=True)
     return info
 

@@ -7,7 +7,6 @@ import json
 import multiprocessing
 import os
 import platform
-import shutil
 import time
 
 import numpy as np
@@ -16,7 +15,7 @@ import transformers
 
 from ..data import bench
 from ..eval.evaluate import evaluate
-from ..files import write_atomic
+from ..files import atomic_dir, write_atomic
 from ..model import TTEFlashModel
 from .trainer import TrainConfig, same_train_config, train
 
@@ -61,11 +60,8 @@ def train_method(name: str, base: str, out: str, cfg: TrainConfig, device: str =
     mcfg = dataclasses.replace(cfg, cot_weight=cfg.cot_weight if trains_cot else 0.0)
     state = train(model, mcfg, d, lambda s: examples_for_step(s, cfg.batch_size, seed=cfg.seed),
                   progress=progress, desc=name)
-    final, tmp = os.path.join(d, "model"), os.path.join(d, "model.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    with atomic_dir(os.path.join(d, "model")) as tmp:
+        model.save_pretrained(tmp)
     info = {"train_seconds": state["train_seconds"], "train_steps": state["step"]}
     first, last = _loss_ends(state["history"], "cot")
     if first is not None:

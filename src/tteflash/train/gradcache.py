@@ -95,6 +95,8 @@ def grad_cache_step(model, examples, cfg: TrainConfig, step: int,
     weight = cot_weight(cfg, step)
     if n_total:
         losses["cot"] = all_sum(torch.as_tensor(cot_sum, device=device)) / n_total
+    if not losses:  # e.g. a staged CoT warm-up over rows without CoT tokens
+        raise ValueError(f"step {step}: nothing to train (no contrastive term and no CoT tokens)")
     losses["loss"] = losses.get("contrastive", 0.0) + weight * losses.get("cot", 0.0)
 
     # (c) each chunk again with a graph; DDP synchronises gradients at the last backward only
