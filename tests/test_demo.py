@@ -85,3 +85,14 @@ def test_training_in_worker_processes_gives_the_same_model(tiny_base, tmp_path):
         train_method("tte_flash_k8", tiny_base, str(tmp_path / "here"), cfg, progress=False)
     with pytest.raises(ValueError, match="workers must be >= 1"):
         train_in_parallel([], 0)
+
+
+def test_a_failing_worker_fails_the_call(tmp_path):
+    from tteflash.train.demo import train_in_parallel
+
+    empty = tmp_path / "not_a_checkpoint"
+    empty.mkdir()
+    jobs = [dict(name=n, base=str(empty), out=str(tmp_path / "out"), cfg=TrainConfig(steps=1)) for n in ("no_think", "tte_flash_k8")]
+    with pytest.raises(Exception, match="not_a_checkpoint"):
+        train_in_parallel(jobs, 2)
+    assert not (tmp_path / "out" / "no_think" / "trained.json").exists()
