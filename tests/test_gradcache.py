@@ -100,3 +100,32 @@ def test_grad_cache_refuses_a_custom_step_and_bad_settings(new_model, train_exam
         TrainConfig(grad_cache_chunk=-1)
     with pytest.raises(ValueError, match="grad_cache_chunk must be >= 1"):
         grad_cache_step(new_model(), train_examples, TrainConfig(), 0)
+
+
+# Model variants whose passes read other rows or layers: Coconut-style recurrent think states, an explicit
+# CoT written inline before E, E read below the last layer, think tokens on the target side too.
+VARIANTS = {
+    "recurrent": dict(think_mode="recurrent", think_tokens=2),
+    "explicit cot": dict(explicit_cot=True, think_tokens=0),
+    "intermediate embed layer": dict(embed_layer=1),
+    "think on targets": dict(think_on_targets=True),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_grad_cache_equals_the_whole_batch_for_every_model_variant(new_model, train_examples, variant):
+    import dataclasses
+
+    cfg = TrainConfig(batch_size=8, hard_negatives=1, temperature=0.1, grad_cache_chunk=3)
+    plain, cached = new_model(), new_model()
+    for m in (plain, cached):
+        m.config = dataclasses.replace(m.config, **VARIANTS[variant])
+    want = contrastive_step(plain, train_examples, cfg, 0)
+    want["loss"].backward()
+    got = grad_cache_step(cached, train_examples, cfg, 0)
+    assert got.keys() == want.keys() == {"contrastive", "cot", "loss"}
+    for k in want:
+        assert float(got[k]) == pytest.approx(float(want[k].detach()), rel=1e-5), k
+    _assert_same_grads(_grads(plain), _grads(cached))
+    default = contrastive_step(new_model(), train_examples, cfg, 0)  # the variant is in effect
+    assert float(default["contrastive"].detach()) != pytest.approx(float(want["contrastive"].detach()), rel=1e-4)
