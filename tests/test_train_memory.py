@@ -28,7 +28,15 @@ def test_gradient_checkpointing_gives_the_same_gradients(fresh_backbone, train_e
     model = _model(fresh_backbone)
     set_activation_checkpointing(model.vlm, True)
     assert model.vlm.model.language_model.gradient_checkpointing
+    # a checkpointed layer runs again in the backward pass. Counted on an instance `forward` inside the layer:
+    # module hooks do not fire during the recomputation.
+    mlp = model.vlm.model.language_model.layers[0].mlp
+    calls, forward = [], mlp.forward
+    mlp.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
     got = _step_grads(model, train_examples[:5], cfg)
+    del mlp.forward
+    passes = {"joint": 2, "detach": 3}[schedule]  # query pass(es) + the target pass
+    assert len(calls) == 2 * passes, calls
     assert got.keys() == want.keys() and want
     for n in want:
         torch.testing.assert_close(got[n], want[n], rtol=1e-5, atol=1e-7, msg=n)
