@@ -31,7 +31,7 @@ def main(argv=None) -> int:
 
     base = sub.add_parser("base", help="pretrain the small base checkpoint (perception, language, alignment)")
     base.add_argument("--out", default="checkpoints/base")
-    base.add_argument("--steps", type=int, default=3200, help="optimizer steps (about 36 minutes on 2 cores)")
+    base.add_argument("--steps", type=int, default=3200, help="optimizer steps (about 90 minutes on 2 cores as last measured: 1.75 s per step)")
     base.add_argument("--seed", type=int, default=0)
 
     st = sub.add_parser("study", help="the design-study grid: train, evaluate, report (resumable)")

@@ -105,6 +105,12 @@ class VisionSpec:
             h, w = math.ceil(height * beta / f) * f, math.ceil(width * beta / f) * f
         return h, w
 
+    def merged_tokens(self, height: int, width: int, frames: int = 1) -> int:
+        """Visual tokens the language model sees for `frames` frames of this size (after the 2x2 merge)."""
+        h, w = self.target_size(height, width)
+        t = -(-frames // self.temporal_patch_size)
+        return t * (h // self.patch_size // self.merge_size) * (w // self.patch_size // self.merge_size)
+
     def patchify(self, frames: list[Image.Image]) -> tuple[torch.Tensor, list[int]]:
         """Frames of one image (1) or video (T) -> (patches, [t, h, w]) exactly as the image processor lays them."""
         h, w = self.target_size(frames[0].height, frames[0].width)
@@ -286,9 +292,7 @@ class Processor:
             frames = [item["image"]] if item["image"] is not None else list(item["video"] or [])
             if frames:
                 w, h = _image_size(frames[0])
-                gh, gw = (s // self.vision.patch_size // self.vision.merge_size for s in self.vision.target_size(h, w))
-                t = -(-min(len(frames), self.max_video_frames) // self.vision.temporal_patch_size)
-                n += gh * gw * t + 2
+                n += self.vision.merged_tokens(h, w, min(len(frames), self.max_video_frames)) + 2
             return n
         except Exception:  # noqa: BLE001 - a guess only; prompt_row reports the real problem
             return 0

@@ -127,7 +127,7 @@ def build_base(out: str, steps: int = 3200, seed: int = 0, progress: bool = True
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Pretrain the small base checkpoint the demo starts from.")
     ap.add_argument("--out", default="checkpoints/base")
-    ap.add_argument("--steps", type=int, default=3200, help="optimizer steps (about 36 minutes on 2 cores)")
+    ap.add_argument("--steps", type=int, default=3200, help="optimizer steps (about 90 minutes on 2 cores as last measured: 1.75 s per step)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args(argv)

@@ -9,8 +9,7 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def check(precision: str, device: torch.device) -> None:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    """A precision TrainConfig accepted, against the model's device."""
     if PRECISIONS[precision] is not None and device.type != "cuda":
         raise ValueError(f"precision {precision!r} autocasts on CUDA only; the model is on {device.type} "
                          "(use precision='fp32')")

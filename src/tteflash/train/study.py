@@ -109,7 +109,7 @@ def run_study(study: Study, progress: bool = True, device: str = "cpu", only_see
                             "k": k if k is not None else run.model.get("think_tokens", 0),
                             "overall": r["overall"], "by_group": {g: v for g, v in r["by_group"].items()},
                             "encode_ms_per_query": r["encode_ms_per_query"], "train_seconds": r["train_seconds"],
-                        "n_queries": r.get("n_queries")})
+                            "n_queries": r.get("n_queries")})
         write_outputs(study, entries)
     return write_outputs(study, entries)
 

@@ -170,7 +170,8 @@ def train(model, cfg: TrainConfig, out_dir: str, examples_for_step: Callable[[in
     if cfg.grad_cache_chunk and step_fn is not contrastive_step:
         raise ValueError("grad_cache_chunk chunks the default contrastive step; a custom step_fn cannot be "
                          "split into chunks (set grad_cache_chunk=0)")
-    if world_size > 1 and not cfg.grad_cache_chunk and _may_leave_parameters_unused(model, cfg):
+    find_unused = _may_leave_parameters_unused(model, cfg)
+    if world_size > 1 and not cfg.grad_cache_chunk and find_unused:
         # Queries and targets are two forwards before one backward: DDP cannot search them for unused
         # parameters (only GradCache's one-forward-per-synchronised-backward can).
         raise ValueError("under torch.distributed, a trained vision tower (freeze_vision=False) or an untied "
@@ -180,7 +181,6 @@ def train(model, cfg: TrainConfig, out_dir: str, examples_for_step: Callable[[in
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
-    find_unused = _may_leave_parameters_unused(model, cfg)
     if cfg.freeze_vision:
         for p in model.vlm.model.visual.parameters():
             p.requires_grad_(False)
