@@ -41,19 +41,14 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, os.path.join(ROOT, "src"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tteflash.config import TTEFlashConfig  # noqa: E402
-from tteflash.data import bench  # noqa: E402
 from tteflash.model import TTEFlashModel  # noqa: E402
+from tteflash.train.demo import examples_for_step  # noqa: E402
 from tteflash.train.gradcache import grad_cache_step  # noqa: E402
 from tteflash.train.steps import target_rows  # noqa: E402
 from tteflash.train.trainer import TrainConfig, contrastive_step  # noqa: E402
 
 BATCHES = (64, 128, 256, 512, 1024)
 THINK_TOKENS = 8  # TTE-Flash K=8 in every workload
-
-
-def examples(n: int) -> list:
-    tasks = bench.TASK_NAMES
-    return [bench.make_example(tasks[i % len(tasks)], "train", i // len(tasks)) for i in range(n)]
 
 
 def maxrss_mb() -> float:
@@ -78,7 +73,7 @@ def run_workload(spec: dict) -> dict:
     cfg = TrainConfig(batch_size=spec["batch"], hard_negatives=spec["hard_negatives"], cot_weight=spec["cot_weight"],
                       grad_cache_chunk=spec["chunk"])
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    data = examples(spec["batch"])
+    data = examples_for_step(0, spec["batch"])  # the demo's first step, at this batch size
     n_targets = len(target_rows(model, data, cfg)[0])  # de-duplicated target rows
 
     def step():
