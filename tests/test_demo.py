@@ -96,3 +96,9 @@ def test_a_failing_worker_fails_the_call(tmp_path):
     with pytest.raises(Exception, match="not_a_checkpoint"):
         train_in_parallel(jobs, 2)
     assert not (tmp_path / "out" / "no_think" / "trained.json").exists()
+
+
+def test_cli_rejects_a_worker_count_below_one(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli(["demo", "--workers", "0"])
+    assert e.value.code == 2 and "--workers: must be >= 1, got 0" in capsys.readouterr().err

@@ -5,6 +5,13 @@ import argparse
 import sys
 
 
+def _positive_int(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
 def main(argv=None) -> int:
     from .config import add_arguments, from_args
 
@@ -17,7 +24,7 @@ def main(argv=None) -> int:
     demo.add_argument("--out", default="runs/demo", help="output directory (finished methods are reused)")
     demo.add_argument("--n-test", type=int, default=None, help="test queries per task (default: the full split)")
     demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    demo.add_argument("--workers", type=int, default=None,
+    demo.add_argument("--workers", type=_positive_int, default=None,
                       help="methods trained at once, one process each (default: all three on CPU, 1 on a GPU)")
     add_arguments(demo, TrainConfig)
 
@@ -38,7 +45,7 @@ def main(argv=None) -> int:
     st.add_argument("--config", default="configs/study.yaml", help="study grid (YAML)")
     st.add_argument("--seeds", default=None, help="comma-separated subset of the config's seeds")
     st.add_argument("--device", default="cpu")
-    st.add_argument("--workers", type=int, default=None, help="runs trained at once (default: one per CPU core)")
+    st.add_argument("--workers", type=_positive_int, default=None, help="runs trained at once (default: one per CPU core)")
     st.add_argument("--quick", action="store_true", help="the config's `quick` subset (one seed, shorter runs)")
 
     enc = sub.add_parser("encode", help="embed texts (one per line of a file, or arguments) and save a .npy")
