@@ -32,8 +32,8 @@ def test_study_runs_resumes_and_writes_the_documented_layout(tiny_base, tmp_path
     saved = json.loads((out / "results.json").read_text())
     assert saved == json.loads(json.dumps(results))
     names = [(r["name"], r["seed"]) for r in saved["runs"]]
-    assert names == [("no_think", 0), ("tte_flash_k2", 0), ("tte_flash_nested", 0), ("tte_flash_nested_k1", 0),
-                     ("tte_flash_nested_k2", 0), ("no_think", 1), ("tte_flash_k2", 1)]  # nested: seed 0 only
+    assert names == [("no_think", 0), ("tte_flash_k2", 0), ("no_think", 1), ("tte_flash_k2", 1),  # main first
+                     ("tte_flash_nested", 0), ("tte_flash_nested_k1", 0), ("tte_flash_nested_k2", 0)]  # nested: seed 0 only
     for r in saved["runs"]:
         assert {"name", "config", "seed", "overall", "by_group", "encode_ms_per_query", "train_seconds"} <= set(r)
         assert 0 <= r["overall"]["hit@1"] <= 1 and r["config"]["train"]["steps"] == 2  # equal budgets
@@ -45,6 +45,13 @@ def test_study_runs_resumes_and_writes_the_documented_layout(tiny_base, tmp_path
     p2 = modes[("parallel", 2)]
     assert p2["n_seeds"] == 2 and p2["hit@1_mean"] == pytest.approx((runs["tte_flash_k2", 0] + runs["tte_flash_k2", 1]) / 2)
     assert any("no_think" in c for c in saved["conclusions"])
+    # encode costs are timed alone, once per configuration (its first seed), and shared by its seeds
+    cost = json.loads((out / "seed0" / "tte_flash_nested" / "encode_cost.json").read_text())
+    assert set(cost) == {"tte_flash_nested", "tte_flash_nested@1", "tte_flash_nested@2"}
+    nested = [r for r in saved["runs"] if r["name"] == "tte_flash_nested_k1"][0]
+    assert [nested["encode_ms_per_query"], nested["encode_ms_per_query_b1"]] == cost["tte_flash_nested@1"]
+    assert not (out / "seed1" / "no_think" / "encode_cost.json").exists()
+    assert len({r["encode_ms_per_query"] for r in saved["runs"] if r["name"] == "no_think"}) == 1
     report = (out / "report.md").read_text()
     assert "tte_flash_nested_k1" in report and "Think-budget scaling" in report
     for png in ("k_scaling.png", "quality_vs_cost.png", "by_group.png"):
@@ -54,6 +61,10 @@ def test_study_runs_resumes_and_writes_the_documented_layout(tiny_base, tmp_path
     monkeypatch.setattr("tteflash.train.demo.multiprocessing.get_context",
                         lambda *a: pytest.fail("started worker processes with nothing left to train"))
     assert S.run_study(study, progress=False) == results
+    # --finished-only: a run without its result is left out, and nothing trains
+    (out / "seed1" / "tte_flash_k2" / "result.json").unlink()
+    partial = S.run_study(study, progress=False, finished_only=True)
+    assert [(r["name"], r["seed"]) for r in partial["runs"]] == [n for n in names if n != ("tte_flash_k2", 1)]
 
 
 def test_study_config_errors_name_the_problem(tmp_path):

@@ -37,9 +37,8 @@ def main(argv=None) -> int:
     add_arguments(trn, TrainConfig)
 
     base = sub.add_parser("base", help="pretrain the small base checkpoint (perception, language, alignment)")
-    base.add_argument("--out", default="checkpoints/base")
-    base.add_argument("--steps", type=int, default=3200, help="optimizer steps (about 90 minutes on 2 cores as last measured: 1.75 s per step)")
-    base.add_argument("--seed", type=int, default=0)
+    from .train.base import add_arguments as add_base_arguments
+    add_base_arguments(base)
 
     st = sub.add_parser("study", help="the design-study grid: train, evaluate, report (resumable)")
     st.add_argument("--config", default="configs/study.yaml", help="study grid (YAML)")
@@ -47,6 +46,7 @@ def main(argv=None) -> int:
     st.add_argument("--device", default="cpu")
     st.add_argument("--workers", type=_positive_int, default=None, help="runs trained at once (default: one per CPU core)")
     st.add_argument("--quick", action="store_true", help="the config's `quick` subset (one seed, shorter runs)")
+    st.add_argument("--finished-only", action="store_true", help="train nothing: report the runs finished so far")
 
     enc = sub.add_parser("encode", help="embed texts (one per line of a file, or arguments) and save a .npy")
     enc.add_argument("--model", required=True, help="checkpoint directory or hub id")
@@ -84,12 +84,13 @@ def main(argv=None) -> int:
         return _train(a)
     elif a.command == "base":
         from .train.base import build_base
-        build_base(a.out, steps=a.steps, seed=a.seed)
+        build_base(a.out, steps=a.steps, seed=a.seed, device=a.device)
     elif a.command == "study":
         from .train.study import Study, run_study
         seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else None
         study = Study.load(a.config, quick=a.quick)
-        print("\n".join(run_study(study, device=a.device, only_seeds=seeds, workers=a.workers)["conclusions"]))
+        print("\n".join(run_study(study, device=a.device, only_seeds=seeds, workers=a.workers,
+                                         finished_only=a.finished_only)["conclusions"]))
     elif a.command == "eval":
         return _eval_mmeb(a)
     elif a.command == "traces":

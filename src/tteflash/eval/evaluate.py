@@ -31,15 +31,10 @@ def _time_queries(model, queries, batch_size, cot, think_tokens=None) -> tuple[n
     return emb, (time.perf_counter() - t) * 1000 / max(1, len(queries))
 
 
-def evaluate(model, examples, groups: dict[str, str], *, batch_size: int = 32, gold_cot: bool = False,
-             b1_queries: int = 45, think_tokens: int | None = None) -> dict:
-    """Evaluate on `examples` (each with .task, .query, .cot, .candidates, .target).
-
-    gold_cot: give the gold CoT at test time (the explicit-CoT oracle).
-    think_tokens: the think budget at test time (default: the model's).
-    Encode cost is the query side (targets are indexed once, offline): ms per query at `batch_size`
-    over all queries, and at batch 1 over the first `b1_queries` queries spread across tasks.
-    """
+def query_cost(model, examples, *, batch_size: int = 32, gold_cot: bool = False, b1_queries: int = 45,
+               think_tokens: int | None = None) -> tuple[np.ndarray, float, float]:
+    """Query embeddings and their encode cost: ms per query at `batch_size` over all queries, and at batch 1
+    over the first `b1_queries` queries spread across tasks (one-off costs are paid untimed first)."""
     queries = [ex.query for ex in examples]
     cots = [ex.cot for ex in examples] if gold_cot else None
     _time_queries(model, queries[:2], 2, cots[:2] if cots else None, think_tokens)  # warm-up: one-off costs untimed
@@ -51,7 +46,19 @@ def evaluate(model, examples, groups: dict[str, str], *, batch_size: int = 32, g
     b1 = [i for idx in by_task_idx.values() for i in idx[:per_task_b1]]
     _, ms_b1 = _time_queries(model, [queries[i] for i in b1], 1, [cots[i] for i in b1] if cots else None,
                              think_tokens)
+    return q_emb, ms_batch, ms_b1
 
+
+def evaluate(model, examples, groups: dict[str, str], *, batch_size: int = 32, gold_cot: bool = False,
+             b1_queries: int = 45, think_tokens: int | None = None) -> dict:
+    """Evaluate on `examples` (each with .task, .query, .cot, .candidates, .target).
+
+    gold_cot: give the gold CoT at test time (the explicit-CoT oracle).
+    think_tokens: the think budget at test time (default: the model's).
+    Encode cost is the query side (targets are indexed once, offline): see query_cost.
+    """
+    q_emb, ms_batch, ms_b1 = query_cost(model, examples, batch_size=batch_size, gold_cot=gold_cot,
+                                        b1_queries=b1_queries, think_tokens=think_tokens)
     keys, unique = {}, []
     pools = []
     for ex in examples:

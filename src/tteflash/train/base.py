@@ -124,12 +124,17 @@ def build_base(out: str, steps: int = 3200, seed: int = 0, progress: bool = True
     return info
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description="Pretrain the small base checkpoint the demo starts from.")
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """`tte-flash base` and `python -m tteflash.train.base` take the same flags."""
     ap.add_argument("--out", default="checkpoints/base")
     ap.add_argument("--steps", type=int, default=3200, help="optimizer steps (about 90 minutes on 2 cores as last measured: 1.75 s per step)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Pretrain the small base checkpoint the demo starts from.")
+    add_arguments(ap)
     a = ap.parse_args(argv)
     print(json.dumps(build_base(a.out, a.steps, a.seed, device=a.device), indent=2))
 

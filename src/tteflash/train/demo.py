@@ -3,6 +3,7 @@ budgets, evaluate them and the explicit-CoT oracle on TTE-Bench's test split, wr
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import multiprocessing
 import os
@@ -91,34 +92,58 @@ def _load_if_same(path: str, trained_with: dict, cfg: TrainConfig) -> dict | Non
     return data
 
 
-def _train_job(kwargs: dict) -> dict:
+def _job(kwargs: dict) -> None:
     torch.set_num_threads(kwargs.pop("threads"))
     t = time.perf_counter()
-    info = train_method(**kwargs, progress=False)  # several bars at once would garble the terminal
-    print(f"{os.path.join(kwargs['out'], kwargs['name'])}: {info['train_steps']} steps trained ({time.perf_counter() - t:.0f} s)", flush=True)
-    return info
+    path = os.path.join(kwargs["out"], kwargs["name"])
+    if "n_test" in kwargs:  # train and evaluate (quality only: timings are taken alone, afterwards)
+        test = _test_split(kwargs.pop("n_test"))
+        run_method(**kwargs, test=test, groups={t.name: t.group for t in bench.TASKS}, progress=False)
+        print(f"{path}: trained and evaluated ({time.perf_counter() - t:.0f} s)", flush=True)
+    else:
+        info = train_method(**kwargs, progress=False)  # several bars at once would garble the terminal
+        print(f"{path}: {info['train_steps']} steps trained ({time.perf_counter() - t:.0f} s)", flush=True)
 
 
-def train_in_parallel(jobs: list[dict], workers: int | None = None, device: str = "cpu") -> None:
+@functools.lru_cache(maxsize=2)
+def _test_split(n_test: int | None) -> list:
+    return bench.load_split("test", n_per_task=n_test)
+
+
+def train_in_parallel(jobs: list[dict], workers: int | None = None, device: str = "cpu",
+                      evaluate: bool = False, n_test: int | None = None) -> None:
     """Run train_method(**job) for the unfinished jobs in up to `workers` processes (default: one per CPU
     core), one share of the cores each; with one worker (the default on a GPU) nothing runs here and
-    run_method trains in the calling process.
+    run_method trains in the calling process. evaluate: the workers also evaluate on the test split
+    (n_test queries per task; None: all), through run_method(**job); its encode timings were then not taken
+    alone on the machine.
 
     Small models scale poorly across threads (2 threads: about 1.2x one on 2 cores), so separate
     single-threaded runs finish a grid sooner than one run after another with all threads."""
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    jobs = [j for j in jobs if not any(os.path.exists(os.path.join(j["out"], j["name"], f))
-                                       for f in ("trained.json", "result.json"))]
+    finished = ("result.json",) if evaluate else ("trained.json", "result.json")
+    jobs = [j for j in jobs if not any(os.path.exists(os.path.join(j["out"], j["name"], f)) for f in finished)]
     workers = min(workers or (1 if torch.device(device).type == "cuda" else cores), len(jobs))
     if workers <= 1:
         return
     threads = max(1, cores // workers)
-    print(f"training {', '.join(j['name'] for j in jobs)} in {workers} processes, {threads} thread(s) each "
-          f"(log: <out>/<method>/log.jsonl)", flush=True)
+    print(f"{'training and evaluating' if evaluate else 'training'} {', '.join(j['name'] for j in jobs)} in "
+          f"{workers} processes, {threads} thread(s) each (log: <out>/<method>/log.jsonl)", flush=True)
+    extra = {"device": device, "threads": threads, **({"n_test": n_test} if evaluate else {})}
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        pool.map(_train_job, [{**job, "device": device, "threads": threads} for job in jobs], chunksize=1)
+        pool.map(_job, [{**job, **extra} for job in jobs], chunksize=1)
+
+
+def readouts(name: str, eval_think: list[int] | None = None) -> dict[str, dict]:
+    """The result entries of one trained configuration, each with its evaluate() settings: the model as
+    trained, `name@k` at other think budgets (nested-budget models), and for explicit CoT its oracle (the
+    same model, gold CoT at test time)."""
+    out = {name: {}, **{f"{name}@{k}": {"think_tokens": k} for k in eval_think or []}}
+    if name == "explicit_cot":
+        out["explicit_cot_oracle"] = {"gold_cot": True}
+    return out
 
 
 def run_method(name: str, base: str, out: str, cfg: TrainConfig, test, groups, progress=True,
@@ -134,12 +159,10 @@ def run_method(name: str, base: str, out: str, cfg: TrainConfig, test, groups, p
         return result
     info = train_method(name, base, out, cfg, device, overrides, progress)
     model = TTEFlashModel.from_pretrained(os.path.join(out, name, "model"), device=device)
-    result = {name: {**evaluate(model, test, groups), **info}}
-    for k in eval_think or []:
-        result[f"{name}@{k}"] = {**evaluate(model, test, groups, think_tokens=k), **info}
-    if name == "explicit_cot":  # the oracle: the same model, gold CoT at test time
-        oracle = {k: v for k, v in info.items() if not k.startswith("cot_loss")}
-        result["explicit_cot_oracle"] = {**evaluate(model, test, groups, gold_cot=True), **oracle}
+    result = {}
+    for key, how in readouts(name, eval_think).items():
+        kept = info if key != "explicit_cot_oracle" else {k: v for k, v in info.items() if not k.startswith("cot_loss")}
+        result[key] = {**evaluate(model, test, groups, **how), **kept}
     write_atomic(done, json.dumps({**result, "trained_with": trained_with}, indent=2))
     return result
 

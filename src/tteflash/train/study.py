@@ -16,7 +16,9 @@ import numpy as np
 from ..config import TTEFlashConfig
 from ..data import bench
 from ..files import atomic_path, write_atomic
-from .demo import GROUP_ORDER, run_method, train_in_parallel
+from ..eval.evaluate import query_cost
+from ..model import TTEFlashModel
+from .demo import GROUP_ORDER, readouts, run_method, train_in_parallel
 from .trainer import TrainConfig
 
 
@@ -87,19 +89,27 @@ class Study:
 
 
 def run_study(study: Study, progress: bool = True, device: str = "cpu", only_seeds: list | None = None,
-              workers: int | None = None) -> dict:
-    """workers: runs trained at once in separate processes (default: one per CPU core, 1 on a GPU); each run
-    is then evaluated (and timed) in this process, one at a time."""
+              workers: int | None = None, finished_only: bool = False) -> dict:
+    """workers: runs trained and evaluated at once in separate processes (default: one per CPU core, 1 on a
+    GPU), the `main` configurations first (a study cut short still holds the central comparison). Encode
+    costs are then timed in this process with nothing else running, once per configuration (its first
+    seed: the seeds share the architecture). finished_only: train nothing, report the finished runs."""
     test = bench.load_split("test", n_per_task=study.n_test)
     groups = {t.name: t.group for t in bench.TASKS}
     grid = [(seed, run, os.path.join(study.out, f"seed{seed}"), TrainConfig(**{**study.train, **run.train, "seed": seed}))
             for seed in only_seeds or study.seeds for run in study.runs if seed in (run.seeds or study.seeds)]
-    train_in_parallel([dict(name=run.name, base=study.base, out=out, cfg=cfg, overrides=run.model)
-                       for seed, run, out, cfg in grid], workers, device)
+    grid.sort(key=lambda g: g[1].name not in study.main)  # stable: seed order kept within each part
+    if finished_only:
+        grid = [g for g in grid if os.path.exists(os.path.join(g[2], g[1].name, "result.json"))]
+    train_in_parallel([dict(name=run.name, base=study.base, out=out, cfg=cfg, overrides=run.model,
+                            eval_think=run.eval_think) for seed, run, out, cfg in grid],
+                      workers, device, evaluate=True, n_test=study.n_test)
+    results = [(seed, run, cfg, run_method(run.name, study.base, out, cfg, test, groups, progress, device,
+                                           overrides=run.model, eval_think=run.eval_think))
+               for seed, run, out, cfg in grid]
+    costs = time_alone(grid, test, device)
     entries = []
-    for seed, run, out, cfg in grid:
-        res = run_method(run.name, study.base, out, cfg, test, groups, progress, device, overrides=run.model,
-                         eval_think=run.eval_think)
+    for seed, run, cfg, res in results:
         for key, r in res.items():
             k = int(key.split("@")[1]) if "@" in key else None
             entries.append({"name": key.split("@")[0] if k is None else f"{run.name}_k{k}", "seed": seed,
@@ -108,10 +118,29 @@ def run_study(study: Study, progress: bool = True, device: str = "cpu", only_see
                             "k_mode": "nested" if k is not None else run.k_mode,
                             "k": k if k is not None else run.model.get("think_tokens", 0),
                             "overall": r["overall"], "by_group": {g: v for g, v in r["by_group"].items()},
-                            "encode_ms_per_query": r["encode_ms_per_query"], "train_seconds": r["train_seconds"],
-                            "n_queries": r.get("n_queries")})
-        write_outputs(study, entries)
+                            "encode_ms_per_query": costs[key][0], "encode_ms_per_query_b1": costs[key][1],
+                            "train_seconds": r["train_seconds"], "n_queries": r.get("n_queries")})
     return write_outputs(study, entries)
+
+
+def time_alone(grid, test, device: str) -> dict[str, list[float]]:
+    """Encode ms per query (batch 32, batch 1) of every read-out, timed one at a time in this process; kept
+    in `encode_cost.json` beside the configuration's first seed (its model), so a rerun reuses them."""
+    costs: dict[str, list[float]] = {}
+    for seed, run, out, cfg in grid:
+        keys = readouts(run.name, run.eval_think)
+        if set(keys) <= set(costs):
+            continue
+        path = os.path.join(out, run.name, "encode_cost.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                costs.update(json.load(f))
+            continue
+        model = TTEFlashModel.from_pretrained(os.path.join(out, run.name, "model"), device=device)
+        mine = {key: list(query_cost(model, test, **how)[1:]) for key, how in keys.items()}
+        write_atomic(path, json.dumps(mine, indent=2))
+        costs.update(mine)
+    return costs
 
 
 def _by_name(entries) -> dict[str, list[dict]]:

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The design study (configs/study.yaml) on one lent GPU, inside a fixed time budget:
+#   bash benchmarks/gpu_study.sh [BUDGET_SECONDS] [WORKERS]      (defaults: 560 s, 14 processes)
+# (DEVICE=cpu runs the same steps on the CPU: a dry run of this script.)
+# 1. a CUDA smoke pass: every configuration of the grid, 3 steps, 2 test queries per task (fails loudly),
+#    then the CUDA-only tests;
+# 2. the study itself (runs trained and evaluated in WORKERS processes sharing the GPU, main configurations
+#    first), stopped when the budget nears its end;
+# 3. `--finished-only`: encode costs timed alone and the report written from the runs that finished.
+# Results go to $OUT (the device tool's folder; default runs/gpu-study-out): results.json, report.md, the
+# logs and runs.tgz (each run's result, training record, encode cost and loss log); the plots are redrawn
+# from results.json.
+set -u
+BUDGET=${1:-560}
+WORKERS=${2:-14}
+START=$(date +%s)
+OUT=${OUT:-runs/gpu-study-out}
+DEVICE=${DEVICE:-cuda}
+mkdir -p "$OUT" runs
+export PYTHONPATH=src PYTHONUNBUFFERED=1
+left() { echo $((BUDGET - ($(date +%s) - START))); }
+kill_workers() { pkill -f "multiprocessing.spawn" 2>/dev/null; sleep 2; }
+
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')" || exit 1
+python3 - <<'EOF' || exit 1
+import yaml
+cfg = yaml.safe_load(open("configs/study.yaml"))
+cfg.pop("quick")
+cfg.update(out="runs/gpu-smoke", n_test=2, seeds=[0], train={**cfg["train"], "steps": 3})
+for r in cfg["runs"]:
+    r.pop("seeds", None)
+yaml.safe_dump(cfg, open("runs/gpu-smoke.yaml", "w"))
+EOF
+echo "== smoke: every configuration on $DEVICE ($(left) s left)"
+timeout "${SMOKE_S:-150}" python3 -m tteflash.cli study --config runs/gpu-smoke.yaml --device "$DEVICE" --workers "$WORKERS" \
+  > "$OUT/smoke.log" 2>&1
+rc=$?
+grep -vE "Loading weights|Writing model" "$OUT/smoke.log" | tail -40
+[ $rc -eq 0 ] || { echo "smoke pass failed (rc $rc)"; kill_workers; exit 1; }
+
+if [ "$DEVICE" = cuda ]; then  # the tests that only run on CUDA (mixed-precision training)
+  timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_train_memory.py -k cuda 2>&1 | tail -3
+fi
+REPORT_S=120  # timing every read-out alone and writing the report
+echo "== study: $(($(left) - REPORT_S)) s for training and evaluation"
+timeout $(($(left) - REPORT_S)) python3 -m tteflash.cli study --config configs/study.yaml --device "$DEVICE" \
+  --workers "$WORKERS" > "$OUT/study.log" 2>&1
+echo "study rc $? ($(left) s left)"
+kill_workers
+grep -E "trained and evaluated" "$OUT/study.log" | tail -40
+timeout $(($(left) - 10)) python3 -m tteflash.cli study --config configs/study.yaml --device "$DEVICE" --finished-only \
+  2>&1 | grep -vE "Loading weights|Writing model" | tail -20
+cp runs/study/results.json runs/study/report.md "$OUT/" 2>/dev/null
+tar czf "$OUT/runs.tgz" runs/study/seed*/*/{result,trained,encode_cost}.json runs/study/seed*/*/log.jsonl 2>/dev/null
+cat runs/study/report.md 2>/dev/null | head -40
+echo "done ($(left) s left)"
