@@ -84,7 +84,7 @@ def main(argv=None) -> int:
         return _train(a)
     elif a.command == "base":
         from .train.base import build_base
-        build_base(a.out, steps=a.steps, seed=a.seed, device=a.device)
+        build_base(a.out, steps=a.steps, seed=a.seed, device=a.device, partial_captions=a.partial_captions)
     elif a.command == "study":
         from .train.study import Study, run_study
         seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else None

@@ -210,21 +210,25 @@ def report(results: dict, plots: list[str]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, runs in names.items():
         m, s = _mean_std([r["overall"]["hit@1"] for r in runs])
-        cells = [name, str(len(runs)), f"{100 * m:.1f} +- {100 * s:.1f}"]
+        cells = [name, str(len(runs)), f"{100 * m:.1f} +- {100 * s:.1f}" if len(runs) > 1 else f"{100 * m:.1f}"]
         cells += [f"{100 * np.mean([r['by_group'][g]['hit@1'] for r in runs]):.1f}" for g in GROUP_ORDER]
         cells += [f"{np.mean([r['encode_ms_per_query'] for r in runs]):.2f}", f"{np.mean([r['train_seconds'] for r in runs]):.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     k_lines = ["| mode | K | hit@1 mean | std | seeds |", "|---|---|---|---|---|"]
-    k_lines += [f"| {p['mode']} | {p['k']} | {100 * p['hit@1_mean']:.1f} | {100 * p['hit@1_std']:.1f} | {p['n_seeds']} |"
+    k_lines += [f"| {p['mode']} | {p['k']} | {100 * p['hit@1_mean']:.1f} | "
+                f"{100 * p['hit@1_std']:.1f} | {p['n_seeds']} |" if p["n_seeds"] > 1 else
+                f"| {p['mode']} | {p['k']} | {100 * p['hit@1_mean']:.1f} | - | 1 |"
                 for p in results["k_scaling"]]
     return "\n".join(["# Design study on TTE-Bench", "", "Scores: hit@1 (%) on the test split; per meta-task = "
-                      "mean over its tasks, averaged over seeds.", "", *lines, "", "## Think-budget scaling", "",
+                      "mean over its tasks, averaged over seeds; +- the standard deviation over seeds (none "
+                      "with one seed). Encode cost timed alone, once per configuration.", "", *lines, "", "## Think-budget scaling", "",
                       *k_lines, "", "## Conclusions (computed)", "", *[f"- {c}" for c in results["conclusions"]],
                       "", *[f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots], ""])
 
 
 def make_plots(results: dict, out: str, main: list[str]) -> list[str]:
-    """(a) hit@1 vs K per mode, (b) hit@1 vs encode cost, (c) per-meta-task bars for the main variants."""
+    """(a) hit@1 and encode cost vs K per mode, (b) hit@1 vs encode cost, (c) per-meta-task bars for the
+    main variants."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -233,12 +237,17 @@ def make_plots(results: dict, out: str, main: list[str]) -> list[str]:
     paths = []
     names = _by_name(results["runs"])
     if results["k_scaling"]:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
+        fig, (ax, cost) = plt.subplots(1, 2, figsize=(9, 3.5))
         for mode in sorted({p["mode"] for p in results["k_scaling"]}):
             pts = [p for p in results["k_scaling"] if p["mode"] == mode]
             ax.errorbar([p["k"] for p in pts], [100 * p["hit@1_mean"] for p in pts],
                         yerr=[100 * p["hit@1_std"] for p in pts], marker="o", capsize=3, label=mode)
+            runs = [names["no_think"] if p["k"] == 0 else
+                    [e for e in results["runs"] if e["k_mode"] == mode and e["k"] == p["k"]] for p in pts]
+            cost.plot([p["k"] for p in pts], [np.mean([e["encode_ms_per_query"] for e in r]) for r in runs],
+                      marker="o", label=mode)
         ax.set(xlabel="think tokens K", ylabel="overall hit@1 (%)", xscale="symlog", title="Think-budget scaling")
+        cost.set(xlabel="think tokens K", ylabel="encode ms/query (batch 32)", xscale="symlog", title="Encode cost")
         ax.legend()
         paths.append(_save(fig, out, "k_scaling.png"))
     if names:
