@@ -19,7 +19,16 @@ DEVICE=${DEVICE:-cuda}
 mkdir -p "$OUT" runs
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 left() { echo $((BUDGET - ($(date +%s) - START))); }
-kill_workers() { pkill -f "multiprocessing.spawn" 2>/dev/null; sleep 2; }
+# run_for SECONDS CMD...: CMD in its own process group, the whole group (worker processes included) ended
+# after SECONDS; returns CMD's status, 124 when it was stopped
+run_for() {
+  local secs=$1; shift
+  setsid "$@" & local pid=$!
+  ( sleep "$secs"; kill -TERM -- -"$pid" 2>/dev/null; sleep 3; kill -KILL -- -"$pid" 2>/dev/null ) & local dog=$!
+  wait "$pid"; local rc=$?
+  kill "$dog" 2>/dev/null; kill -KILL -- -"$pid" 2>/dev/null  # no worker outlives its study
+  [ $rc -ge 128 ] && return 124 || return $rc
+}
 
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')" || exit 1
 python3 - <<'EOF' || exit 1
@@ -32,21 +41,20 @@ for r in cfg["runs"]:
 yaml.safe_dump(cfg, open("runs/gpu-smoke.yaml", "w"))
 EOF
 echo "== smoke: every configuration on $DEVICE ($(left) s left)"
-timeout "${SMOKE_S:-150}" python3 -m tteflash.cli study --config runs/gpu-smoke.yaml --device "$DEVICE" --workers "$WORKERS" \
+run_for "${SMOKE_S:-150}" python3 -m tteflash.cli study --config runs/gpu-smoke.yaml --device "$DEVICE" --workers "$WORKERS" \
   > "$OUT/smoke.log" 2>&1
 rc=$?
 grep -vE "Loading weights|Writing model" "$OUT/smoke.log" | tail -40
-[ $rc -eq 0 ] || { echo "smoke pass failed (rc $rc)"; kill_workers; exit 1; }
+[ $rc -eq 0 ] || { echo "smoke pass failed (rc $rc)"; exit 1; }
 
 if [ "$DEVICE" = cuda ]; then  # the tests that only run on CUDA (mixed-precision training)
   timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_train_memory.py -k cuda 2>&1 | tail -3
 fi
 REPORT_S=120  # timing every read-out alone and writing the report
 echo "== study: $(($(left) - REPORT_S)) s for training and evaluation"
-timeout $(($(left) - REPORT_S)) python3 -m tteflash.cli study --config configs/study.yaml --device "$DEVICE" \
+run_for $(($(left) - REPORT_S)) python3 -m tteflash.cli study --config configs/study.yaml --device "$DEVICE" \
   --workers "$WORKERS" > "$OUT/study.log" 2>&1
 echo "study rc $? ($(left) s left)"
-kill_workers
 grep -E "trained and evaluated" "$OUT/study.log" | tail -40
 timeout $(($(left) - 10)) python3 -m tteflash.cli study --config configs/study.yaml --device "$DEVICE" --finished-only \
   2>&1 | grep -vE "Loading weights|Writing model" | tail -20

@@ -1,8 +1,9 @@
 """`make study`: the design study. Every configuration in a YAML grid is trained from the same base with
 the same TrainConfig (equal steps), for several seeds, evaluated on TTE-Bench's test split, and reported.
 
-Finished runs are reused (resumable); results.json, report.md and three plots are rewritten each time
-from whatever has finished. The config layout is documented in configs/study.yaml.
+Finished runs are reused (resumable); results.json, report.md and three plots are written when the grid
+is done, or from the runs finished so far with `finished_only` (a study cut short). The config layout is
+documented in configs/study.yaml.
 """
 from __future__ import annotations
 
