@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-IMG1 = "<|image_1|>"  # MMEB's image placeholder; the model inserts its own vision tokens
+from ..eval.mmeb.readers import IMG1  # MMEB's image placeholder; the model inserts its own vision tokens
 
 
 class MMEBTrainError(ValueError):
