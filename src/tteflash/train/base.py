@@ -7,8 +7,10 @@ perception), so the base is pretrained once, without the benchmark's retrieval t
 (2) speak its language: next-token prediction on training-split query texts and CoT sentences
     (text only: no images, no candidates);
 (3) embed: a symmetric image <-> text contrastive alignment of the embedding token with the full caption.
-    (Aligning half of the time to a partial caption, some of a scene's objects or a page's rows, kept the
-    base from learning to read page values: benchmarks/base_page_probe.py. `--partial-captions` restores it.)
+    (`--partial-captions`, the earlier recipe, aligns half of the images to some of their facts instead; a
+    probe blamed it for unread page values, benchmarks/base_page_probe.py, but without it pages are still
+    not read. 2,000 steps of this recipe took 54 minutes on 2 cores and serve the demo as well as 3,200
+    steps of the earlier one: README.)
 """
 from __future__ import annotations
 
@@ -129,7 +131,7 @@ def build_base(out: str, steps: int = 2000, seed: int = 0, progress: bool = True
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """`tte-flash base` and `python -m tteflash.train.base` take the same flags."""
     ap.add_argument("--out", default="checkpoints/base")
-    ap.add_argument("--steps", type=int, default=2000, help="optimizer steps (1.75 s each on 2 cores as last measured)")
+    ap.add_argument("--steps", type=int, default=2000, help="optimizer steps (2,000: 54 minutes on 2 cores as measured)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--partial-captions", action="store_true",
