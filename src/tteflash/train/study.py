@@ -155,6 +155,11 @@ def _mean_std(values) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
+def _score(mean: float, std: float, n_seeds: int) -> str:
+    """hit@1 in %, with its spread where there is one (one seed has none)."""
+    return f"{100 * mean:.1f}" + (f" +- {100 * std:.1f}" if n_seeds > 1 else "")
+
+
 def summarise(entries: list[dict], candidates: list[str] | None = None) -> tuple[list[dict], list[str]]:
     """K-scaling points and conclusions, computed from the runs (nothing hand-written).
 
@@ -187,8 +192,8 @@ def summarise(entries: list[dict], candidates: list[str] | None = None) -> tuple
                 se = 100 * np.sqrt(b_mean * (1 - b_mean) / n) if n else float("nan")
                 verdict = f"one seed: no spread measured; sampling error alone about +-{se:.1f} on {n} queries"
             conclusions.append(
-                f"Best TTE-Flash setting{'' if candidates is None else ' named in main (' + ', '.join(sorted(flash)) + ')'} {best}: overall hit@1 {100 * m:.1f} +- {100 * s:.1f} vs no_think "
-                f"{100 * b_mean:.1f} +- {100 * b_std:.1f} ({diff:+.1f} points; {verdict}; "
+                f"Best TTE-Flash setting{'' if candidates is None else ' named in main (' + ', '.join(sorted(flash)) + ')'} {best}: overall hit@1 {_score(m, s, len(names[best]))} vs no_think "
+                f"{_score(b_mean, b_std, len(baseline))} ({diff:+.1f} points; {verdict}; "
                 f"{len(names[best])} vs {len(baseline)} seeds).")
             met = diff >= 5 and diff > spread and n_seeds >= 3
             conclusions.append("The >= 5-point target over no-think (3 seeds, beyond the spread) is " + ("met." if met else "not met."))
@@ -211,7 +216,7 @@ def report(results: dict, plots: list[str]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, runs in names.items():
         m, s = _mean_std([r["overall"]["hit@1"] for r in runs])
-        cells = [name, str(len(runs)), f"{100 * m:.1f} +- {100 * s:.1f}" if len(runs) > 1 else f"{100 * m:.1f}"]
+        cells = [name, str(len(runs)), _score(m, s, len(runs))]
         cells += [f"{100 * np.mean([r['by_group'][g]['hit@1'] for r in runs]):.1f}" for g in GROUP_ORDER]
         cells += [f"{np.mean([r['encode_ms_per_query'] for r in runs]):.2f}", f"{np.mean([r['train_seconds'] for r in runs]):.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
