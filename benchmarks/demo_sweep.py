@@ -33,7 +33,7 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args()
     test = bench.load_split("test", n_per_task=a.n_test)
-    groups = {t.name: t.group for t in bench.TASKS}
+    groups = bench.TASK_GROUPS
     for i, overrides in enumerate(json.loads(a.grid)):
         cfg = dataclasses.replace(TrainConfig(), **overrides)
         for name in a.methods.split(","):

@@ -40,7 +40,7 @@ def main(argv=None):
         cfg = dataclasses.replace(cfg, cot_weight=0.0)
     model = TTEFlashModel.from_pretrained(a.base, METHODS[a.method])
     test = bench.load_split("test", n_per_task=a.n_test)
-    groups = {t.name: t.group for t in bench.TASKS}
+    groups = bench.TASK_GROUPS
     for stop in range(a.every, a.steps + 1, a.every):
         t = time.perf_counter()
         state = train(model, cfg, a.out, lambda s: examples_for_step(s, cfg.batch_size), progress=False, stop_after=stop)

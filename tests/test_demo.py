@@ -56,7 +56,7 @@ def test_cli_encode_writes_npy_and_reports_bad_input(tiny_base, tmp_path, capsys
 def test_training_in_worker_processes_gives_the_same_model(tiny_base, tmp_path):
     import torch
     from safetensors.torch import load_file
-    from tteflash.train.demo import train_in_parallel, train_method
+    from tteflash.train.demo import run_in_parallel, train_method
 
     cfg = TrainConfig(steps=2, batch_size=4, hard_negatives=2, log_every=1)
     threads = torch.get_num_threads()
@@ -65,7 +65,7 @@ def test_training_in_worker_processes_gives_the_same_model(tiny_base, tmp_path):
         here = train_method("tte_flash_k8", tiny_base, str(tmp_path / "here"), cfg, progress=False)
     finally:
         torch.set_num_threads(threads)
-    train_in_parallel([dict(name=n, base=tiny_base, out=str(tmp_path / "workers"), cfg=cfg) for n in ("tte_flash_k8", "no_think")], 2)
+    run_in_parallel([dict(name=n, base=tiny_base, out=str(tmp_path / "workers"), cfg=cfg) for n in ("tte_flash_k8", "no_think")], 2)
     a = load_file(tmp_path / "here" / "tte_flash_k8" / "model" / "model.safetensors")
     b = load_file(tmp_path / "workers" / "tte_flash_k8" / "model" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
@@ -84,17 +84,17 @@ def test_training_in_worker_processes_gives_the_same_model(tiny_base, tmp_path):
     with pytest.raises(ValueError, match="unrecorded settings \\(None\\)"):
         train_method("tte_flash_k8", tiny_base, str(tmp_path / "here"), cfg, progress=False)
     with pytest.raises(ValueError, match="workers must be >= 1"):
-        train_in_parallel([], 0)
+        run_in_parallel([], 0)
 
 
 def test_a_failing_worker_fails_the_call(tmp_path):
-    from tteflash.train.demo import train_in_parallel
+    from tteflash.train.demo import run_in_parallel
 
     empty = tmp_path / "not_a_checkpoint"
     empty.mkdir()
     jobs = [dict(name=n, base=str(empty), out=str(tmp_path / "out"), cfg=TrainConfig(steps=1)) for n in ("no_think", "tte_flash_k8")]
     with pytest.raises(Exception, match="not_a_checkpoint"):
-        train_in_parallel(jobs, 2)
+        run_in_parallel(jobs, 2)
     assert not (tmp_path / "out" / "no_think" / "trained.json").exists()
 
 

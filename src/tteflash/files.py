@@ -24,15 +24,19 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
 @contextmanager
 def atomic_dir(path: str | os.PathLike):
     """Yield an empty temporary directory next to `path`; on success it replaces the directory `path`
-    (a checkpoint is either the old one or the whole new one, never half of each)."""
+    (a checkpoint is either the old one or the whole new one, never half of each). The old one is renamed
+    aside before the new one moves in, so a kill in between leaves it whole at `path.old`."""
     path = os.fspath(path)
-    tmp = f"{path}.tmp"
+    tmp, old = f"{path}.tmp", f"{path}.old"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
         yield tmp
-        shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+        if os.path.exists(path):
+            os.replace(path, old)
         os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

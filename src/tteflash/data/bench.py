@@ -80,6 +80,7 @@ TASKS = [
              "retrieve the table page where two named items sum to a value"),
 ]
 TASK_NAMES = [t.name for t in TASKS]
+TASK_GROUPS = {t.name: t.group for t in TASKS}  # task -> its MMEB meta-task
 
 # Every token the benchmark can emit (texts are space-tokenised, punctuation included).
 _WORDS = ("a and are as becomes caption classify colour count digit digits find first has how image "

@@ -98,7 +98,7 @@ def _job(kwargs: dict) -> None:
     path = os.path.join(kwargs["out"], kwargs["name"])
     if "n_test" in kwargs:  # train and evaluate (quality only: timings are taken alone, afterwards)
         test = _test_split(kwargs.pop("n_test"))
-        run_method(**kwargs, test=test, groups={t.name: t.group for t in bench.TASKS}, progress=False)
+        run_method(**kwargs, test=test, groups=bench.TASK_GROUPS, progress=False)
         print(f"{path}: trained and evaluated ({time.perf_counter() - t:.0f} s)", flush=True)
     else:
         info = train_method(**kwargs, progress=False)  # several bars at once would garble the terminal
@@ -110,7 +110,7 @@ def _test_split(n_test: int | None) -> list:
     return bench.load_split("test", n_per_task=n_test)
 
 
-def train_in_parallel(jobs: list[dict], workers: int | None = None, device: str = "cpu",
+def run_in_parallel(jobs: list[dict], workers: int | None = None, device: str = "cpu",
                       evaluate: bool = False, n_test: int | None = None) -> None:
     """Run train_method(**job) for the unfinished jobs in up to `workers` processes (default: one per CPU
     core), one share of the cores each; with one worker (the default on a GPU) nothing runs here and
@@ -206,11 +206,11 @@ def run_demo(base: str = "checkpoints/base", out: str = "runs/demo", cfg: TrainC
     cfg = cfg or TrainConfig()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     test = bench.load_split("test", n_per_task=n_test)
-    groups = {t.name: t.group for t in bench.TASKS}
+    groups = bench.TASK_GROUPS
     on_gpu = torch.device(device).type == "cuda"
     workers = workers or (1 if on_gpu else len(METHODS))  # 3 processes on 2 cores beat 2: no idle core at the end
     t0 = time.perf_counter()
-    train_in_parallel([dict(name=n, base=base, out=out, cfg=cfg) for n in METHODS], workers, device)
+    run_in_parallel([dict(name=n, base=base, out=out, cfg=cfg) for n in METHODS], workers, device)
     methods = {}
     for name in METHODS:
         methods.update(run_method(name, base, out, cfg, test, groups, progress, device))

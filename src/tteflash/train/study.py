@@ -19,7 +19,7 @@ from ..data import bench
 from ..files import atomic_path, write_atomic
 from ..eval.evaluate import query_cost
 from ..model import TTEFlashModel
-from .demo import GROUP_ORDER, readouts, run_method, train_in_parallel
+from .demo import GROUP_ORDER, readouts, run_method, run_in_parallel
 from .trainer import TrainConfig
 
 
@@ -96,15 +96,15 @@ def run_study(study: Study, progress: bool = True, device: str = "cpu", only_see
     costs are then timed in this process with nothing else running, once per configuration (its first
     seed: the seeds share the architecture). finished_only: train nothing, report the finished runs."""
     test = bench.load_split("test", n_per_task=study.n_test)
-    groups = {t.name: t.group for t in bench.TASKS}
+    groups = bench.TASK_GROUPS
     grid = [(seed, run, os.path.join(study.out, f"seed{seed}"), TrainConfig(**{**study.train, **run.train, "seed": seed}))
             for seed in only_seeds or study.seeds for run in study.runs if seed in (run.seeds or study.seeds)]
     grid.sort(key=lambda g: g[1].name not in study.main)  # stable: seed order kept within each part
     if finished_only:
         grid = [g for g in grid if os.path.exists(os.path.join(g[2], g[1].name, "result.json"))]
-    train_in_parallel([dict(name=run.name, base=study.base, out=out, cfg=cfg, overrides=run.model,
-                            eval_think=run.eval_think) for seed, run, out, cfg in grid],
-                      workers, device, evaluate=True, n_test=study.n_test)
+    run_in_parallel([dict(name=run.name, base=study.base, out=out, cfg=cfg, overrides=run.model,
+                          eval_think=run.eval_think) for seed, run, out, cfg in grid],
+                    workers, device, evaluate=True, n_test=study.n_test)
     results = [(seed, run, cfg, run_method(run.name, study.base, out, cfg, test, groups, progress, device,
                                            overrides=run.model, eval_think=run.eval_think))
                for seed, run, out, cfg in grid]
