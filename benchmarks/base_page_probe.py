@@ -1,5 +1,6 @@
-"""Why does the committed base not read page values? Continue its training on pages alone for a few
-hundred steps, with and without the partial-caption alignment, and compare greedy page captions.
+"""Why does a base not read page values? Continue its training on pages alone for a few hundred steps,
+with and without the partial-caption alignment, and compare greedy page captions. (The recorded results,
+benchmarks/results/base_page_probe_cpu.jsonl, are of the earlier 3,200-step partial-caption base.)
 
     python benchmarks/base_page_probe.py --out runs/page_probe --steps 250
 
