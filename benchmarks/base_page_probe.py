@@ -35,7 +35,7 @@ def _run(name: str, partial: bool, a) -> None:
         for _ in range(cfg.batch_size):
             inp, caption = bench.perception_example("page", rng)
             pairs.append((inp, caption, partial_caption(caption, rng) if partial else caption))
-        return [pairs, []]
+        return [pairs, [], []]
 
     t = time.time()
     state = train(model, cfg, os.path.join(a.out, name), pages, step_fn=perception_step, progress=False)

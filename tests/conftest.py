@@ -115,11 +115,11 @@ def train_examples():
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory):
-    """A base checkpoint from two steps of `make base` code at TINY size (demo and study tests)."""
+    """A base checkpoint from two steps of each `make base` stage at TINY size (demo and study tests)."""
     from tteflash.train.base import build_base
 
     out = tmp_path_factory.mktemp("base") / "base"
-    build_base(str(out), steps=2, progress=False, **TINY)
+    build_base(str(out), steps=2, reasoning_steps=2, progress=False, **TINY)
     return str(out)
 
 

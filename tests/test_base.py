@@ -24,8 +24,33 @@ def test_base_recipe_aligns_to_full_captions_unless_asked_for_partial_ones():
     from tteflash.train.trainer import TrainConfig
 
     cfg = TrainConfig(batch_size=16)
-    full, _ = base_examples(900, cfg, curriculum_steps=1000)
+    full, _, _ = base_examples(900, cfg, curriculum_steps=1000)
     assert all(align == caption for _, caption, align in full)
-    partial, _ = base_examples(900, cfg, curriculum_steps=1000, partial_captions=True)
+    partial, _, _ = base_examples(900, cfg, curriculum_steps=1000, partial_captions=True)
     assert any(align != caption for _, caption, align in partial)
     assert all(set(align.split(" , ")) <= set(caption.split(" , ")) for _, caption, align in partial)
+
+
+def test_reasoning_stage_data_is_training_queries_with_their_gold_cot():
+    from tteflash.train.base import base_examples
+    from tteflash.train.trainer import TrainConfig
+
+    _, _, reasoned = base_examples(3, TrainConfig(batch_size=8), curriculum_steps=0, reasoning=5)
+    assert len(reasoned) == 5
+    for query, cot in reasoned:
+        assert set(query) <= {"text", "image", "video"} and cot.split(" . ")[-1]
+    assert base_examples(3, TrainConfig(batch_size=8), curriculum_steps=0)[2] == []  # stage 1 has none
+    # the same step gives the same data (exact resume)
+    again = base_examples(3, TrainConfig(batch_size=8), curriculum_steps=0, reasoning=5)[2]
+    assert [c for _, c in again] == [c for _, c in reasoned]
+
+
+def test_reasoning_stage_starts_from_a_saved_stage_one(tiny_base, tmp_path):
+    from tteflash.model import TTEFlashModel
+    from tteflash.train.base import build_base
+
+    from conftest import TINY
+    info = build_base(str(tmp_path / "b"), reasoning_steps=1, perception=tiny_base, progress=False, **TINY)
+    assert info["perception_stage"]["from"] == tiny_base and info["perception_stage"]["steps"] == 2
+    assert info["reasoning_stage"]["steps"] == 1
+    TTEFlashModel.from_pretrained(str(tmp_path / "b"))

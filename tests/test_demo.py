@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tteflash.cli import main as cli
+from tteflash.data import bench
 from tteflash.train.demo import METHODS, run_demo
 from tteflash.train.trainer import TrainConfig
 
@@ -13,8 +14,11 @@ from tteflash.train.trainer import TrainConfig
 
 def test_tiny_base_is_written_whole(tiny_base):
     info = json.loads((Path(tiny_base) / "base_info.json").read_text())
-    assert info["steps"] == 2 and (Path(tiny_base) / "model.safetensors").exists()
-    assert not Path(tiny_base + ".work").exists()  # the work folder is removed once the base is written
+    assert info["perception_stage"]["steps"] == 2 and info["reasoning_stage"]["steps"] == 2
+    assert (Path(tiny_base) / "model.safetensors").exists()
+    assert set(info["reasoning"]["by_task"]) == set(bench.TASK_NAMES)
+    for work in (".work", ".work-reasoning"):  # the work folders are removed once the base is written
+        assert not Path(tiny_base + work).exists()
 
 
 def test_demo_writes_results_in_the_documented_layout(tiny_base, tmp_path):

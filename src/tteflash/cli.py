@@ -83,8 +83,8 @@ def main(argv=None) -> int:
     elif a.command == "train":
         return _train(a)
     elif a.command == "base":
-        from .train.base import build_base
-        build_base(a.out, steps=a.steps, seed=a.seed, device=a.device, partial_captions=a.partial_captions)
+        from .train.base import from_arguments
+        from_arguments(a)
     elif a.command == "study":
         from .train.study import Study, run_study
         seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else None
