@@ -124,26 +124,28 @@ def _perception_stage(out: str, steps: int, seed: int, device: str, lr: float, p
     tokenizer = train_tiny_tokenizer(bench.corpus_texts(), vocab_size=BASE_VOCAB_SIZE, max_think_tokens=32)
     backbone = build_tiny_backbone(tokenizer, seed=seed, **backbone_kwargs)
     model = TTEFlashModel(backbone, TTEFlashConfig(think_tokens=0, max_text_tokens=64, max_cot_tokens=48)).to(device)
+    t0 = time.time()
     cfg = TrainConfig(steps=steps, batch_size=32, lr=lr, warmup_steps=min(200, steps // 10), temperature=0.07,
                       cot_weight=1.0, freeze_vision=False, checkpoint_every=200, log_every=25, seed=seed)
     curriculum = int(0.5 * steps)
     state = train(model, cfg, out + ".work", lambda s: base_examples(s, cfg, curriculum, partial_captions),
                   step_fn=perception_step, progress=progress, desc="base: perception")
     return model, {"steps": steps, "partial_captions": partial_captions, "train_seconds": state["train_seconds"],
-                   "history_last": state["history"][-1]}
+                   "wall_seconds": time.time() - t0, "history_last": state["history"][-1]}
 
 
 def _reasoning_stage(model: TTEFlashModel, out: str, steps: int, seed: int, progress: bool) -> dict:
     """Stage 2, the reasoner's SFT (as TTE fine-tunes its reasoner before any embedding training): write the
     gold CoT after training-split queries ([query]<|cot|> CoT, the explicit-CoT layout; no candidates),
     while perception and alignment go on at half the batch so they are not forgotten."""
+    t0 = time.time()
     cfg = TrainConfig(steps=steps, batch_size=16, lr=1e-3, warmup_steps=20, temperature=0.07, cot_weight=1.0,
                       freeze_vision=False, checkpoint_every=100, log_every=25, seed=seed + 1)
     state = train(model, cfg, out + ".work-reasoning",
                   lambda s: base_examples(s, cfg, 0, reasoning=REASONING_ROWS), step_fn=perception_step,
                   progress=progress, desc="base: reasoning")
     return {"steps": steps, "rows_per_step": REASONING_ROWS, "train_seconds": state["train_seconds"],
-            "history_last": state["history"][-1]}
+            "wall_seconds": time.time() - t0, "history_last": state["history"][-1]}
 
 
 def build_base(out: str, steps: int = 2000, reasoning_steps: int = 400, seed: int = 0, progress: bool = True,
@@ -159,13 +161,15 @@ def build_base(out: str, steps: int = 2000, reasoning_steps: int = 400, seed: in
         with open(os.path.join(perception, "base_info.json")) as f:
             stage1 = json.load(f)
         stage1 = stage1.get("perception_stage", stage1)  # a base that already has both stages: its stage 1
-        stage1 = {k: stage1[k] for k in ("steps", "partial_captions", "train_seconds", "history_last")}
+        stage1 = {k: stage1[k] for k in ("steps", "partial_captions", "train_seconds", "wall_seconds", "history_last")}
         stage1["from"] = perception
     else:
         model, stage1 = _perception_stage(out, steps, seed, device, lr, partial_captions, progress, **backbone_kwargs)
     stage2 = _reasoning_stage(model, out, reasoning_steps, seed, progress) if reasoning_steps else None
+    stages = [stage1] + ([stage2] if stage2 else [])
     info = {"perception_stage": stage1, "reasoning_stage": stage2,
-            "train_seconds": stage1["train_seconds"] + (stage2["train_seconds"] if stage2 else 0),
+            "train_seconds": sum(s["train_seconds"] for s in stages),
+            "wall_seconds": sum(s["wall_seconds"] for s in stages),  # both stages, as one `make base` run
             "wall_seconds_this_run": time.time() - t0,
             "params": sum(p.numel() for p in model.parameters()),
             "perception": perception_report(model), "reasoning": thought_accuracy(model),
