@@ -34,6 +34,12 @@ def test_demo_writes_results_in_the_documented_layout(tiny_base, tmp_path):
         assert all(0 <= v <= 1 for v in r["overall"].values())
         assert len(r["by_task"]) == 9 and len(r["by_group"]) == 6
         assert r["encode_ms_per_query"] > 0 and r["encode_ms_per_query_b1"] > 0 and r["train_seconds"] > 0
+    # encode costs are the ones timed alone after the parallel training and evaluation
+    for name in METHODS:
+        timed = json.loads((tmp_path / name / "encode_cost.json").read_text())
+        for key, (ms_batch, ms_b1) in timed.items():
+            assert saved["methods"][key]["encode_ms_per_query"] == ms_batch
+            assert saved["methods"][key]["encode_ms_per_query_b1"] == ms_b1
     for name in ("tte_flash_k8", "explicit_cot"):
         assert saved["methods"][name]["cot_loss_first"] > 0
     assert "cot_loss_first" not in saved["methods"]["no_think"]

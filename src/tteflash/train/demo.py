@@ -15,7 +15,7 @@ import torch
 import transformers
 
 from ..data import bench
-from ..eval.evaluate import evaluate
+from ..eval.evaluate import evaluate, query_cost
 from ..files import atomic_dir, write_atomic
 from ..model import TTEFlashModel
 from .trainer import TrainConfig, same_train_config, train
@@ -146,6 +146,35 @@ def readouts(name: str, eval_think: list[int] | None = None) -> dict[str, dict]:
     return out
 
 
+TIMED_PER_TASK = 32  # queries per task timed at batch 32 by time_alone (the first 5 of them at batch 1)
+
+
+def time_alone(runs: list[tuple[str, str, list[int] | None]], test, device: str) -> dict[str, list[float]]:
+    """Encode ms per query (batch 32, batch 1) of every read-out of each (name, run directory, eval_think),
+    timed one at a time in this process, over the first TIMED_PER_TASK test queries of each task. A name
+    timed once is not timed again (a study's seeds share the architecture); the figures are kept in
+    `encode_cost.json` in the run directory, so a rerun reuses them."""
+    by_task: dict[str, list] = {}
+    for ex in test:
+        by_task.setdefault(ex.task, []).append(ex)
+    timed = [ex for exs in by_task.values() for ex in exs[:TIMED_PER_TASK]]
+    costs: dict[str, list[float]] = {}
+    for name, run_dir, eval_think in runs:
+        keys = readouts(name, eval_think)
+        if set(keys) <= set(costs):
+            continue
+        path = os.path.join(run_dir, "encode_cost.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                costs.update(json.load(f))
+            continue
+        model = TTEFlashModel.from_pretrained(os.path.join(run_dir, "model"), device=device)
+        mine = {key: list(query_cost(model, timed, **how)[1:]) for key, how in keys.items()}
+        write_atomic(path, json.dumps(mine, indent=2))
+        costs.update(mine)
+    return costs
+
+
 def run_method(name: str, base: str, out: str, cfg: TrainConfig, test, groups, progress=True,
                device: str = "cpu", overrides: dict | None = None, eval_think: list[int] | None = None) -> dict:
     """Train one configuration (or reuse its training), evaluate it, write `out/name/result.json`.
@@ -199,8 +228,8 @@ def report(results: dict) -> str:
 def run_demo(base: str = "checkpoints/base", out: str = "runs/demo", cfg: TrainConfig | None = None,
              n_test: int | None = None, progress: bool = True, device: str | None = None,
              workers: int | None = None) -> dict:
-    """workers: methods trained at once in separate processes (default: all of them on CPU, 1 on a GPU);
-    evaluation (and its timing) runs afterwards in this process, one method at a time."""
+    """workers: methods trained and evaluated at once in separate processes (default: all of them on CPU, 1
+    on a GPU); their encode costs are then timed in this process, one method at a time (time_alone)."""
     if not os.path.exists(os.path.join(base, "model.safetensors")):
         raise SystemExit(f"no base checkpoint at {base!r}: run `make base` first")
     cfg = cfg or TrainConfig()
@@ -210,10 +239,15 @@ def run_demo(base: str = "checkpoints/base", out: str = "runs/demo", cfg: TrainC
     on_gpu = torch.device(device).type == "cuda"
     workers = workers or (1 if on_gpu else len(METHODS))  # 3 processes on 2 cores beat 2: no idle core at the end
     t0 = time.perf_counter()
-    run_in_parallel([dict(name=n, base=base, out=out, cfg=cfg) for n in METHODS], workers, device)
+    # a method evaluates as soon as it is trained, while the others still train
+    run_in_parallel([dict(name=n, base=base, out=out, cfg=cfg) for n in METHODS], workers, device,
+                    evaluate=True, n_test=n_test)
     methods = {}
     for name in METHODS:
         methods.update(run_method(name, base, out, cfg, test, groups, progress, device))
+    costs = time_alone([(name, os.path.join(out, name), None) for name in METHODS], test, device)
+    for key, (ms_batch, ms_b1) in costs.items():
+        methods[key].update(encode_ms_per_query=ms_batch, encode_ms_per_query_b1=ms_b1)
     results = {
         "benchmark": {"name": bench.BENCH_NAME, "version": bench.BENCH_VERSION, "n_test_queries": len(test),
                       "chance_hit@1": float(np.mean([1 / len(ex.candidates) for ex in test])),
@@ -222,6 +256,7 @@ def run_demo(base: str = "checkpoints/base", out: str = "runs/demo", cfg: TrainC
                         "torch": torch.__version__, "transformers": transformers.__version__},
         "train_config": dataclasses.asdict(cfg),
         "train_workers": workers,  # methods trained at once: their train_seconds are wall times while sharing the cores
+        "timed_queries_per_task": TIMED_PER_TASK,
         "wall_seconds": time.perf_counter() - t0,  # training and evaluation in this call (set-up and reused runs excluded)
         "methods": methods,
     }

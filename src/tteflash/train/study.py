@@ -17,9 +17,7 @@ import numpy as np
 from ..config import TTEFlashConfig
 from ..data import bench
 from ..files import atomic_path, write_atomic
-from ..eval.evaluate import query_cost
-from ..model import TTEFlashModel
-from .demo import GROUP_ORDER, readouts, run_method, run_in_parallel
+from .demo import GROUP_ORDER, run_method, run_in_parallel, time_alone
 from .trainer import TrainConfig
 
 
@@ -94,7 +92,7 @@ def run_study(study: Study, progress: bool = True, device: str = "cpu", only_see
     """workers: runs trained and evaluated at once in separate processes (default: one per CPU core, 1 on a
     GPU), the `main` configurations first (a study cut short still holds the central comparison). Encode
     costs are then timed in this process with nothing else running, once per configuration (its first
-    seed: the seeds share the architecture). finished_only: train nothing, report the finished runs."""
+    seed: the seeds share the architecture; `time_alone`). finished_only: train nothing, report the finished runs."""
     test = bench.load_split("test", n_per_task=study.n_test)
     groups = bench.TASK_GROUPS
     grid = [(seed, run, os.path.join(study.out, f"seed{seed}"), TrainConfig(**{**study.train, **run.train, "seed": seed}))
@@ -108,7 +106,8 @@ def run_study(study: Study, progress: bool = True, device: str = "cpu", only_see
     results = [(seed, run, cfg, run_method(run.name, study.base, out, cfg, test, groups, progress, device,
                                            overrides=run.model, eval_think=run.eval_think))
                for seed, run, out, cfg in grid]
-    costs = time_alone(grid, test, device)
+    costs = time_alone([(run.name, os.path.join(out, run.name), run.eval_think) for seed, run, out, cfg in grid],
+                       test, device)
     entries = []
     for seed, run, cfg, res in results:
         for key, r in res.items():
@@ -122,26 +121,6 @@ def run_study(study: Study, progress: bool = True, device: str = "cpu", only_see
                             "encode_ms_per_query": costs[key][0], "encode_ms_per_query_b1": costs[key][1],
                             "train_seconds": r["train_seconds"], "n_queries": r.get("n_queries")})
     return write_outputs(study, entries)
-
-
-def time_alone(grid, test, device: str) -> dict[str, list[float]]:
-    """Encode ms per query (batch 32, batch 1) of every read-out, timed one at a time in this process; kept
-    in `encode_cost.json` beside the configuration's first seed (its model), so a rerun reuses them."""
-    costs: dict[str, list[float]] = {}
-    for seed, run, out, cfg in grid:
-        keys = readouts(run.name, run.eval_think)
-        if set(keys) <= set(costs):
-            continue
-        path = os.path.join(out, run.name, "encode_cost.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                costs.update(json.load(f))
-            continue
-        model = TTEFlashModel.from_pretrained(os.path.join(out, run.name, "model"), device=device)
-        mine = {key: list(query_cost(model, test, **how)[1:]) for key, how in keys.items()}
-        write_atomic(path, json.dumps(mine, indent=2))
-        costs.update(mine)
-    return costs
 
 
 def _by_name(entries) -> dict[str, list[dict]]:
