@@ -51,18 +51,10 @@ def query_cost(model, examples, *, batch_size: int = 32, gold_cot: bool = False,
     return q_emb, ms_batch, ms_b1
 
 
-def evaluate(model, examples, groups: dict[str, str], *, batch_size: int = 32, gold_cot: bool = False,
-             b1_queries: int = 45, think_tokens: int | None = None) -> dict:
-    """Evaluate on `examples` (each with .task, .query, .cot, .candidates, .target).
-
-    gold_cot: give the gold CoT at test time (the explicit-CoT oracle).
-    think_tokens: the think budget at test time (default: the model's).
-    Encode cost is the query side (targets are indexed once, offline): see query_cost.
-    """
-    q_emb, ms_batch, ms_b1 = query_cost(model, examples, batch_size=batch_size, gold_cot=gold_cot,
-                                        b1_queries=b1_queries, think_tokens=think_tokens)
-    keys, unique = {}, []
-    pools = []
+def encode_pools(model, examples, batch_size: int = 64) -> tuple[list[list[int]], np.ndarray]:
+    """Each query's pool as indices into the de-duplicated candidates, and those candidates' embeddings
+    (the target side: the same for every read-out of one model, so compute it once and pass it on)."""
+    keys, unique, pools = {}, [], []
     for ex in examples:
         pool = []
         for c in ex.candidates:
@@ -72,14 +64,28 @@ def evaluate(model, examples, groups: dict[str, str], *, batch_size: int = 32, g
                 unique.append(c)
             pool.append(keys[k])
         pools.append(pool)
-    d_emb = model.encode(unique, batch_size=max(batch_size, 64), role="document", show_progress_bar=False)
+    return pools, model.encode(unique, batch_size=batch_size, role="document", show_progress_bar=False)
 
+
+def evaluate(model, examples, groups: dict[str, str], *, batch_size: int = 32, gold_cot: bool = False,
+             b1_queries: int = 45, think_tokens: int | None = None,
+             pools: tuple[list[list[int]], np.ndarray] | None = None) -> dict:
+    """Evaluate on `examples` (each with .task, .query, .cot, .candidates, .target).
+
+    gold_cot: give the gold CoT at test time (the explicit-CoT oracle).
+    think_tokens: the think budget at test time (default: the model's).
+    pools: encode_pools(model, examples) when already computed for this model.
+    Encode cost is the query side (targets are indexed once, offline): see query_cost.
+    """
+    q_emb, ms_batch, ms_b1 = query_cost(model, examples, batch_size=batch_size, gold_cot=gold_cot,
+                                        b1_queries=b1_queries, think_tokens=think_tokens)
+    pool_ids, d_emb = pools or encode_pools(model, examples, max(batch_size, 64))
     per_query: dict[str, list[dict]] = {}
     for i, ex in enumerate(examples):
-        scores = d_emb[pools[i]] @ q_emb[i]
+        scores = d_emb[pool_ids[i]] @ q_emb[i]
         per_query.setdefault(ex.task, []).append(metrics_from_rank(target_rank(scores, ex.target)))
     by_task = {t: mean_metrics(v) for t, v in per_query.items()}
     by_group, overall = aggregate(by_task, groups)
     return {"overall": overall, "by_group": by_group, "by_task": by_task,
             "encode_ms_per_query": ms_batch, "encode_ms_per_query_b1": ms_b1,
-            "n_queries": len(examples), "n_unique_candidates": len(unique)}
+            "n_queries": len(examples), "n_unique_candidates": len(d_emb)}

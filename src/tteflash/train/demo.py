@@ -15,7 +15,7 @@ import torch
 import transformers
 
 from ..data import bench
-from ..eval.evaluate import evaluate, query_cost
+from ..eval.evaluate import encode_pools, evaluate, query_cost
 from ..files import atomic_dir, write_atomic
 from ..model import TTEFlashModel
 from .trainer import TrainConfig, same_train_config, train
@@ -146,7 +146,7 @@ def readouts(name: str, eval_think: list[int] | None = None) -> dict[str, dict]:
     return out
 
 
-TIMED_PER_TASK = 32  # queries per task timed at batch 32 by time_alone (the first 5 of them at batch 1)
+TIMED_PER_TASK = 64  # queries per task timed at batch 32 by time_alone (the first 5 of them at batch 1)
 
 
 def time_alone(runs: list[tuple[str, str, list[int] | None]], test, device: str) -> dict[str, list[float]]:
@@ -189,9 +189,10 @@ def run_method(name: str, base: str, out: str, cfg: TrainConfig, test, groups, p
     info = train_method(name, base, out, cfg, device, overrides, progress)
     model = TTEFlashModel.from_pretrained(os.path.join(out, name, "model"), device=device)
     result = {}
+    pools = encode_pools(model, test)  # the targets, shared by this model's read-outs
     for key, how in readouts(name, eval_think).items():
         kept = info if key != "explicit_cot_oracle" else {k: v for k, v in info.items() if not k.startswith("cot_loss")}
-        result[key] = {**evaluate(model, test, groups, **how), **kept}
+        result[key] = {**evaluate(model, test, groups, pools=pools, **how), **kept}
     write_atomic(done, json.dumps({**result, "trained_with": trained_with}, indent=2))
     return result
 
