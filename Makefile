@@ -3,7 +3,8 @@ PY := .venv/bin/python
 HASH := $(shell (cat pyproject.toml; echo) | md5sum | cut -c1-8)
 CORE := .venv/.core-$(HASH)
 DEV := .venv/.dev-$(HASH)
-PIP := $(PY) -m pip install -q --disable-pip-version-check
+# --no-compile: byte-compiling all of torch and transformers took about 80 s of the 2 minutes of set-up
+PIP := $(PY) -m pip install -q --disable-pip-version-check --no-compile
 
 .PHONY: demo test test-slow base study study-quick clean
 
