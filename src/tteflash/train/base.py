@@ -121,10 +121,10 @@ REASONING_ROWS = 32  # (query, gold CoT) rows per reasoning step, beside 16 perc
 def _perception_stage(out: str, steps: int, seed: int, device: str, lr: float, partial_captions: bool,
                       progress: bool, **backbone_kwargs) -> tuple[TTEFlashModel, dict]:
     """Stage 1 from random weights: tokenizer, backbone, perception + language + alignment."""
+    t0 = time.time()
     tokenizer = train_tiny_tokenizer(bench.corpus_texts(), vocab_size=BASE_VOCAB_SIZE, max_think_tokens=32)
     backbone = build_tiny_backbone(tokenizer, seed=seed, **backbone_kwargs)
     model = TTEFlashModel(backbone, TTEFlashConfig(think_tokens=0, max_text_tokens=64, max_cot_tokens=48)).to(device)
-    t0 = time.time()
     cfg = TrainConfig(steps=steps, batch_size=32, lr=lr, warmup_steps=min(200, steps // 10), temperature=0.07,
                       cot_weight=1.0, freeze_vision=False, checkpoint_every=200, log_every=25, seed=seed)
     curriculum = int(0.5 * steps)
