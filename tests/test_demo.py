@@ -112,3 +112,24 @@ def test_cli_rejects_a_worker_count_below_one(capsys):
     with pytest.raises(SystemExit) as e:
         cli(["demo", "--workers", "0"])
     assert e.value.code == 2 and "--workers: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_runs_of_another_base_at_the_same_path_are_not_reused(tiny_base, tmp_path):
+    import shutil
+
+    from tteflash.train.demo import _load_if_same, _trained_with
+    from tteflash.files import write_atomic
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_base, base)
+    cfg = TrainConfig(steps=2)
+    done = tmp_path / "run" / "trained.json"
+    done.parent.mkdir()
+    write_atomic(str(done), json.dumps({"x": 1, "trained_with": _trained_with("no_think", str(base), cfg, None)}))
+    assert _load_if_same(str(done), _trained_with("no_think", str(base), cfg, None), cfg) == {"x": 1}
+    weights = base / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # the base rebuilt in place: other weights, same path
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="holds a run trained with other or unrecorded settings"):
+        _load_if_same(str(done), _trained_with("no_think", str(base), cfg, None), cfg)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import multiprocessing
 import os
@@ -74,7 +75,16 @@ def train_method(name: str, base: str, out: str, cfg: TrainConfig, device: str =
 def _trained_with(name: str, base: str, cfg: TrainConfig, overrides: dict | None) -> dict:
     """What a run's files were produced from; a finished run is reused only for the same."""
     return {"model": METHODS[name] if overrides is None else overrides, "train": dataclasses.asdict(cfg),
-            "base": os.path.realpath(base)}
+            "base": os.path.realpath(base), "base_weights": _weights_digest(base)}
+
+
+def _weights_digest(base: str) -> str:
+    """Content hash of the base's weights: a base rebuilt at the same path must not reuse old runs."""
+    h = hashlib.sha256()
+    with open(os.path.join(base, "model.safetensors"), "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def _load_if_same(path: str, trained_with: dict, cfg: TrainConfig) -> dict | None:
@@ -85,7 +95,7 @@ def _load_if_same(path: str, trained_with: dict, cfg: TrainConfig) -> dict | Non
     with open(path) as f:
         data = json.load(f)
     saved = data.pop("trained_with", None)
-    if (saved is None or saved["model"] != trained_with["model"] or saved["base"] != trained_with["base"]
+    if (saved is None or any(saved.get(k) != trained_with[k] for k in ("model", "base", "base_weights"))
             or not same_train_config(saved["train"], cfg)):
         raise ValueError(f"{os.path.dirname(path)} holds a run trained with other or unrecorded settings "
                          f"({saved}); use another output directory or delete it")
