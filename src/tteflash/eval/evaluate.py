@@ -31,6 +31,14 @@ def _time_queries(model, queries, batch_size, cot, think_tokens=None) -> tuple[n
     return emb, (time.perf_counter() - t) * 1000 / max(1, len(queries))
 
 
+def first_per_task(items, n: int, key=lambda ex: ex.task) -> list:
+    """The first n items of each task, tasks in order of first appearance."""
+    by_task: dict[str, list] = {}
+    for item in items:
+        by_task.setdefault(key(item), []).append(item)
+    return [item for group in by_task.values() for item in group[:n]]
+
+
 def query_cost(model, examples, *, batch_size: int = 32, gold_cot: bool = False, b1_queries: int = 45,
                think_tokens: int | None = None) -> tuple[np.ndarray, float, float]:
     """Query embeddings and their encode cost: ms per query at `batch_size` over all queries, and at batch 1
@@ -41,11 +49,8 @@ def query_cost(model, examples, *, batch_size: int = 32, gold_cot: bool = False,
     # from idle: a 2-query warm-up left the first model timed in a GPU study up to 2x slow) stay untimed
     _time_queries(model, queries[:batch_size], batch_size, cots[:batch_size] if cots else None, think_tokens)
     q_emb, ms_batch = _time_queries(model, queries, batch_size, cots, think_tokens)
-    by_task_idx: dict[str, list[int]] = {}
-    for i, ex in enumerate(examples):
-        by_task_idx.setdefault(ex.task, []).append(i)
-    per_task_b1 = max(1, b1_queries // len(by_task_idx))
-    b1 = [i for idx in by_task_idx.values() for i in idx[:per_task_b1]]
+    n_tasks = len({ex.task for ex in examples})
+    b1 = first_per_task(range(len(examples)), max(1, b1_queries // n_tasks), key=lambda i: examples[i].task)
     _, ms_b1 = _time_queries(model, [queries[i] for i in b1], 1, [cots[i] for i in b1] if cots else None,
                              think_tokens)
     return q_emb, ms_batch, ms_b1

@@ -16,7 +16,7 @@ import torch
 import transformers
 
 from ..data import bench
-from ..eval.evaluate import encode_pools, evaluate, query_cost
+from ..eval.evaluate import encode_pools, evaluate, first_per_task, query_cost
 from ..files import atomic_dir, write_atomic
 from ..model import TTEFlashModel
 from .trainer import TrainConfig, same_train_config, train
@@ -80,8 +80,16 @@ def _trained_with(name: str, base: str, cfg: TrainConfig, overrides: dict | None
 
 def _weights_digest(base: str) -> str:
     """Content hash of the base's weights: a base rebuilt at the same path must not reuse old runs."""
+    path = os.path.join(base, "model.safetensors")
+    st = os.stat(path)
+    return _file_digest(os.path.realpath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """Hashed once per file version (size and mtime are part of the key): every run of a grid asks."""
     h = hashlib.sha256()
-    with open(os.path.join(base, "model.safetensors"), "rb") as f:
+    with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:16]
@@ -164,10 +172,7 @@ def time_alone(runs: list[tuple[str, str, list[int] | None]], test, device: str)
     timed one at a time in this process, over the first TIMED_PER_TASK test queries of each task. A name
     timed once is not timed again (a study's seeds share the architecture); the figures are kept in
     `encode_cost.json` in the run directory, so a rerun reuses them."""
-    by_task: dict[str, list] = {}
-    for ex in test:
-        by_task.setdefault(ex.task, []).append(ex)
-    timed = [ex for exs in by_task.values() for ex in exs[:TIMED_PER_TASK]]
+    timed = first_per_task(test, TIMED_PER_TASK)
     costs: dict[str, list[float]] = {}
     for name, run_dir, eval_think in runs:
         keys = readouts(name, eval_think)
