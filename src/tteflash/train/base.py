@@ -160,7 +160,10 @@ def build_base(out: str, steps: int = 2000, reasoning_steps: int = 400, seed: in
         model = TTEFlashModel.from_pretrained(perception, device=device)
         with open(os.path.join(perception, "base_info.json")) as f:
             stage1 = json.load(f)
-        stage1 = stage1.get("perception_stage", stage1)  # a base that already has both stages: its stage 1
+        if stage1.get("reasoning_stage"):  # its weights hold a reasoning stage already: the record would lie
+            raise ValueError(f"--perception {perception}: that base already has a reasoning stage; pass a stage-1 "
+                             "checkpoint (one built with --reasoning-steps 0)")
+        stage1 = stage1.get("perception_stage", stage1)  # this code's stage-1 record, or an older base's info
         stage1 = {k: stage1[k] for k in ("steps", "partial_captions", "train_seconds", "wall_seconds", "history_last")}
         stage1["from"] = perception
     else:
