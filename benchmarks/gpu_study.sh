@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The design study (configs/study.yaml) on one lent GPU, inside a fixed time budget:
-#   bash benchmarks/gpu_study.sh [BUDGET_SECONDS] [WORKERS]      (defaults: 560 s, 14 processes)
+# A study config (CONFIG, default configs/study.yaml) on one lent GPU, inside a fixed time budget:
+#   [CONFIG=configs/study-long.yaml] bash benchmarks/gpu_study.sh [BUDGET_SECONDS] [WORKERS]  (560 s, 14)
 # (DEVICE=cpu runs the same steps on the CPU: a dry run of this script.)
 # 1. a CUDA smoke pass: every configuration of the grid, 3 steps, 2 test queries per task (fails loudly),
 #    then the CUDA-only tests;
@@ -15,6 +15,8 @@ BUDGET=${1:-560}
 WORKERS=${2:-14}
 START=$(date +%s)
 OUT=${OUT:-runs/gpu-study-out}
+CONFIG=${CONFIG:-configs/study.yaml}
+RUNS=$(python3 -c "import yaml; print(yaml.safe_load(open('$CONFIG'))['out'])")
 DEVICE=${DEVICE:-cuda}
 mkdir -p "$OUT" runs
 export PYTHONPATH=src PYTHONUNBUFFERED=1
@@ -31,10 +33,10 @@ run_for() {
 }
 
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')" || exit 1
-python3 - <<'EOF' || exit 1
-import yaml
-cfg = yaml.safe_load(open("configs/study.yaml"))
-cfg.pop("quick")
+CONFIG=$CONFIG python3 - <<'EOF' || exit 1
+import os, yaml
+cfg = yaml.safe_load(open(os.environ["CONFIG"]))
+cfg.pop("quick", None)
 cfg.update(out="runs/gpu-smoke", n_test=2, seeds=[0], train={**cfg["train"], "steps": 3})
 for r in cfg["runs"]:
     r.pop("seeds", None)
@@ -52,13 +54,13 @@ if [ "$DEVICE" = cuda ]; then  # the tests that only run on CUDA (mixed-precisio
 fi
 REPORT_S=120  # timing every read-out alone and writing the report
 echo "== study: $(($(left) - REPORT_S)) s for training and evaluation"
-run_for $(($(left) - REPORT_S)) python3 -m tteflash.cli study --config configs/study.yaml --device "$DEVICE" \
+run_for $(($(left) - REPORT_S)) python3 -m tteflash.cli study --config "$CONFIG" --device "$DEVICE" \
   --workers "$WORKERS" > "$OUT/study.log" 2>&1
 echo "study rc $? ($(left) s left)"
 grep -E "trained and evaluated" "$OUT/study.log" | tail -40
-timeout $(($(left) - 10)) python3 -m tteflash.cli study --config configs/study.yaml --device "$DEVICE" --finished-only \
+timeout $(($(left) - 10)) python3 -m tteflash.cli study --config "$CONFIG" --device "$DEVICE" --finished-only \
   2>&1 | grep -vE "Loading weights|Writing model" | tail -20
-cp runs/study/results.json runs/study/report.md "$OUT/" 2>/dev/null
-tar czf "$OUT/runs.tgz" runs/study/seed*/*/{result,trained,encode_cost}.json runs/study/seed*/*/log.jsonl 2>/dev/null
-cat runs/study/report.md 2>/dev/null | head -40
+cp "$RUNS/results.json" "$RUNS/report.md" "$OUT/" 2>/dev/null
+tar czf "$OUT/runs.tgz" "$RUNS"/seed*/*/{result,trained,encode_cost}.json "$RUNS"/seed*/*/log.jsonl 2>/dev/null
+cat "$RUNS/report.md" 2>/dev/null | head -40
 echo "done ($(left) s left)"
