@@ -119,5 +119,11 @@ def test_conclusions_need_three_seeds_and_a_gap_beyond_the_spread():
     # only the configurations named in advance compete: a lucky variant outside them cannot carry the claim
     lucky = noisy + [_entry("tte_flash_lucky", s, 0.40) for s in range(3)]
     assert S.summarise(lucky)[1][1].endswith("is met.")
+    # exactly 5 points (162 more right of 3 x 1,080) meets it: these floats, as the GPU study stored them,
+    # average to a difference of 4.999999999999999
+    exact = [_entry("no_think", s, v) for s, v in enumerate([0.29259259259259257, 0.2138888888888889, 0.23981481481481481])]
+    exact += [_entry("tte_flash_k2", s, v) for s, v in enumerate([0.31203703703703706, 0.25833333333333336, 0.32592592592592595])]
+    _, c = S.summarise(exact)
+    assert "+5.0 points; larger than the seed spread of 4.0" in c[0] and c[1].endswith("is met.")
     _, c = S.summarise(lucky, candidates=["tte_flash_k8"])
     assert c[0].startswith("Best TTE-Flash setting named in main (tte_flash_k8) tte_flash_k8:") and c[1].endswith("is not met.")

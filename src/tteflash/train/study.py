@@ -174,7 +174,7 @@ def summarise(entries: list[dict], candidates: list[str] | None = None) -> tuple
                 f"Best TTE-Flash setting{'' if candidates is None else ' named in main (' + ', '.join(sorted(flash)) + ')'} {best}: overall hit@1 {_score(m, s, len(names[best]))} vs no_think "
                 f"{_score(b_mean, b_std, len(baseline))} ({diff:+.1f} points; {verdict}; "
                 f"{len(names[best])} vs {len(baseline)} seeds).")
-            met = diff >= 5 and diff > spread and n_seeds >= 3
+            met = diff >= 5 - 1e-9 and diff > spread and n_seeds >= 3  # 5.00 exactly counts despite float sums
             conclusions.append("The >= 5-point target over no-think (3 seeds, beyond the spread) is " + ("met." if met else "not met."))
     return scaling, conclusions
 
