@@ -122,24 +122,29 @@ def test_lr_schedule_hand_values():
         TrainConfig(schedule="alternate")
 
 
-def test_contrastive_step_deduplicates_targets(model8, train_examples, no_grad_leak):
-    """Two copies of an example: one target row, shared by both queries, never its own negative."""
-    ex, other = train_examples[0], train_examples[2]
-    cfg = TrainConfig(batch_size=3, hard_negatives=1, temperature=0.5, cot_weight=0.0)
+def _step_with_forwards(model, examples, cfg):
+    """contrastive_step's losses and the (batch, output) of each model forward it ran, in order."""
     seen = []
-    real_forward = type(model8).forward
+    real_forward = type(model).forward
 
     def spy(self, batch, **kw):
         out = real_forward(self, batch, **kw)
         seen.append((batch, out))
         return out
 
+    type(model).forward = spy
+    try:
+        return contrastive_step(model, examples, cfg), seen
+    finally:
+        type(model).forward = real_forward
+
+
+def test_contrastive_step_deduplicates_targets(model8, train_examples, no_grad_leak):
+    """Two copies of an example: one target row, shared by both queries, never its own negative."""
+    ex, other = train_examples[0], train_examples[2]
+    cfg = TrainConfig(batch_size=3, hard_negatives=1, temperature=0.5, cot_weight=0.0)
     with torch.no_grad():
-        type(model8).forward = spy
-        try:
-            res = contrastive_step(model8, [ex, ex, other], cfg)
-        finally:
-            type(model8).forward = real_forward
+        res, seen = _step_with_forwards(model8, [ex, ex, other], cfg)
     assert set(res) == {"contrastive", "loss"}  # cot_weight 0: no CoT rows, no CoT loss
     (q_batch, q_out), (_, d_out) = seen  # queries and targets are separate forwards (no cross padding)
     assert q_out.embeddings.shape[0] == 3
@@ -151,3 +156,37 @@ def test_contrastive_step_deduplicates_targets(model8, train_examples, no_grad_l
     res2 = contrastive_step(model8, [ex, other], TrainConfig(cot_weight=0.5, hard_negatives=0))
     assert res2["loss"].item() == pytest.approx(res2["contrastive"].item() + 0.5 * res2["cot"].item(), rel=1e-5)
     np.testing.assert_array_less(0, res2["cot"].item())
+
+
+def test_distillation_pulls_the_query_embedding_to_the_oracle_view(model8, train_examples, no_grad_leak):
+    """distill_weight adds an oracle-view pass (gold CoT in the prompt, then the think tokens): its own InfoNCE,
+    and KL(oracle's || query's softmax over the targets) with no gradient into the oracle side."""
+    examples = train_examples[:3]
+    cfg = TrainConfig(batch_size=3, hard_negatives=1, temperature=0.5, cot_weight=0.5, distill_weight=0.7)
+    res, seen = _step_with_forwards(model8, examples, cfg)
+    assert set(res) == {"contrastive", "cot", "oracle_contrastive", "distill", "loss"}
+    (q_batch, q_out), (o_batch, o_out), (d_batch, d_out) = seen
+    assert (o_batch.think_mask.sum(-1) == 8).all()  # the oracle view keeps the think tokens
+    for i, ex in enumerate(examples):  # ... and carries the gold CoT in its prompt
+        assert set(model8.processor.cot_ids(ex.cot)) <= set(o_batch.input_ids[i].tolist())
+    assert not (q_batch.input_ids == model8.processor.cot_start).any()  # the query view does not
+    positive = torch.tensor([0, 2, 4])  # three different targets, each with one hard negative
+    want_con = info_nce(q_out.embeddings, d_out.embeddings, positive, 0.5)
+    want_oracle = info_nce(o_out.embeddings, d_out.embeddings, positive, 0.5)
+    p_oracle = torch.softmax(o_out.embeddings @ d_out.embeddings.T / 0.5, -1)
+    p_query = torch.softmax(q_out.embeddings @ d_out.embeddings.T / 0.5, -1)
+    want_distill = (p_oracle * (p_oracle / p_query).log()).sum(-1).mean()  # KL(oracle || query)
+    assert res["contrastive"].item() == pytest.approx(want_con.item(), abs=1e-5)
+    assert res["oracle_contrastive"].item() == pytest.approx(want_oracle.item(), abs=1e-5)
+    assert res["distill"].item() == pytest.approx(want_distill.item(), abs=1e-5)
+    assert res["loss"].item() == pytest.approx(
+        (want_con + want_oracle + 0.7 * want_distill + 0.5 * res["cot"]).item(), rel=1e-5)
+    to_oracle, to_query = torch.autograd.grad(res["distill"], [o_out.embeddings, q_out.embeddings], allow_unused=True)
+    assert to_oracle is None and to_query.abs().sum() > 0
+
+
+def test_distillation_settings_are_checked():
+    with pytest.raises(ValueError, match="distill_weight must be >= 0"):
+        TrainConfig(distill_weight=-1.0)
+    with pytest.raises(ValueError, match="grad_cache_chunk=0"):
+        TrainConfig(distill_weight=1.0, grad_cache_chunk=4)

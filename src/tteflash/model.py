@@ -112,14 +112,14 @@ class TTEFlashModel(torch.nn.Module):
 
     # ------------------------------------------------------------------ rows
     def query_row(self, item, name: str = "query", *, cot: str | None = None, train_cot: bool = False,
-                  think: int | None = None) -> Row:
-        """The query side. `cot`: gold CoT (explicit: inline before E; TTE-Flash: branch target when train_cot)."""
+                  think: int | None = None, cot_in_prompt: bool = False) -> Row:
+        """The query side. `cot`: gold CoT (explicit: inline before E; TTE-Flash: branch target when train_cot,
+        or inline before the think tokens with cot_in_prompt: the oracle view that distillation reads)."""
         row = self.processor.prompt_row(item, name)
         cfg = self.config
-        if cfg.explicit_cot:
-            if cot is not None:
-                row.inline_cot = self.processor.cot_ids(cot, f"{name} cot", cfg.max_cot_tokens)
-        else:
+        if cot is not None and (cfg.explicit_cot or cot_in_prompt):
+            row.inline_cot = self.processor.cot_ids(cot, f"{name} cot", cfg.max_cot_tokens)
+        if not cfg.explicit_cot:
             row.think = cfg.think_tokens if think is None else think
             if train_cot and row.think:
                 if cot is None:

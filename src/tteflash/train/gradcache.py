@@ -74,7 +74,7 @@ def grad_cache_step(model, examples, cfg: TrainConfig, step: int,
     with torch.no_grad(), precision.autocast(cfg.precision, device):
         for rows in q_chunks:
             q_rng.append(_RngState(device))
-            emb, cot = run_query_passes(model, passes, rows)
+            emb, cot, _ = run_query_passes(model, passes, rows)  # TrainConfig refuses distillation here
             if emb is not None:
                 q_emb.append(emb)
             n_cot.append(0 if cot is None else cot.numel())
@@ -107,7 +107,7 @@ def grad_cache_step(model, examples, cfg: TrainConfig, step: int,
         with (contextlib.nullcontext() if j == len(jobs) - 1 else no_sync()), rng.replay():
             with precision.autocast(cfg.precision, device):
                 if side == "q":
-                    emb, cot = run_query_passes(model, passes, rows)
+                    emb, cot, _ = run_query_passes(model, passes, rows)  # TrainConfig refuses distillation here
                     grad = q_grad[rows] if q_grad is not None else None
                 else:
                     emb, cot = model(model.make_batch(d_rows[rows])).embeddings, None

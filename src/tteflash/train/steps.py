@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from ..processing import Row
-from .distributed import global_info_nce, step_losses
+from .distributed import global_info_nce, step_losses, world
 
 if TYPE_CHECKING:
     from .trainer import TrainConfig
@@ -42,11 +42,13 @@ class QueryPass:
     detach: bool  # no gradient reaches the think-token states
     emb: bool     # the query embeddings come from this pass
     cot: bool     # the CoT token losses come from this pass
+    oracle: bool = False  # the oracle view's embeddings (gold CoT in the prompt) come from this pass
 
 
 def query_passes(model, examples, cfg: TrainConfig, step: int) -> list[QueryPass]:
     """The query forwards of this step's schedule (`joint`: one pass; `detach`: a CoT pass and a detached
-    embedding pass; `staged`: the CoT pass alone, later the detached embedding pass alone)."""
+    embedding pass; `staged`: the CoT pass alone, later the detached embedding pass alone), and with
+    distillation the oracle view's pass."""
     think = cfg.think_budget(step, model.config.think_tokens)
     train_cot = cfg.cot_weight > 0
     if cfg.schedule != "joint" and not (think and train_cot):
@@ -60,22 +62,31 @@ def query_passes(model, examples, cfg: TrainConfig, step: int) -> list[QueryPass
 
     if cfg.cot_only(step):  # staged warm-up: no embeddings, no targets
         return [QueryPass(rows(True), detach=False, emb=False, cot=True)]
+    oracle = []
+    if cfg.distill_weight:
+        def build_oracle(i: int) -> Row:
+            ex = examples[i]
+            return model.query_row(ex.query, f"{ex.task} query", cot=ex.cot, think=think, cot_in_prompt=True)
+        oracle = [QueryPass(LazyRows(build_oracle, len(examples)), detach=False, emb=False, cot=False, oracle=True)]
     if cfg.schedule == "joint":
-        return [QueryPass(rows(train_cot), detach=False, emb=True, cot=True)]
+        return [QueryPass(rows(train_cot), detach=False, emb=True, cot=True)] + oracle
     cot = [QueryPass(rows(True), detach=False, emb=False, cot=True)] if cfg.schedule == "detach" else []
-    return cot + [QueryPass(rows(False), detach=True, emb=True, cot=False)]
+    return cot + [QueryPass(rows(False), detach=True, emb=True, cot=False)] + oracle
 
 
 def run_query_passes(model, passes: list[QueryPass], rows: slice = slice(None)):
-    """(query embeddings or None, per-token CoT losses or None) of `rows` of the examples."""
-    emb = cot = None
+    """(query embeddings or None, per-token CoT losses or None, oracle-view embeddings or None) of `rows`
+    of the examples."""
+    emb = cot = oracle = None
     for p in passes:
         out = model(model.make_batch(p.rows[rows]), detach_think=p.detach)
         if p.emb:
             emb = out.embeddings
         if p.cot:
             cot = out.cot_token_loss
-    return emb, cot
+        if p.oracle:
+            oracle = out.embeddings
+    return emb, cot, oracle
 
 
 def target_rows(model, examples, cfg: TrainConfig) -> tuple[list[str], LazyRows, list[int]]:
@@ -100,16 +111,35 @@ def cot_weight(cfg: TrainConfig, step: int) -> float:
     return 1.0 if cfg.cot_only(step) else cfg.cot_weight
 
 
+def distill_loss(query: torch.Tensor, oracle: torch.Tensor, docs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(oracle || query) between the two views' softmax distributions over the step's targets: the query
+    learns the oracle's ranking, at InfoNCE's scale (same temperature)."""
+    log_q = torch.log_softmax(query @ docs.T / temperature, -1)
+    log_o = torch.log_softmax(oracle @ docs.T / temperature, -1)
+    return (log_o.exp() * (log_o - log_q)).sum(-1).mean()
+
+
 def contrastive_step(model, examples, cfg: TrainConfig, step: int = 0) -> dict:
     """Query rows (with their CoT where the method trains one) and de-duplicated target rows.
 
     Queries and targets go through separate forwards: padded together, every short target row would
     be padded to the longest query (think tokens + CoT), doubling the cost of a step."""
-    q_emb, cot = run_query_passes(model, query_passes(model, examples, cfg, step))
-    con = None
+    q_emb, cot, oracle = run_query_passes(model, query_passes(model, examples, cfg, step))
+    con = objective = None
+    extra = {}
     if q_emb is not None:
         keys, d_rows, positive = target_rows(model, examples, cfg)
         docs = model(model.make_batch(d_rows[:])).embeddings
-        con = global_info_nce(q_emb, docs, keys, positive, cfg.temperature)
+        con = objective = global_info_nce(q_emb, docs, keys, positive, cfg.temperature)
+        if oracle is not None:
+            if world()[1] > 1:
+                raise ValueError("distill_weight runs in one process (its loss is not reduced across ranks)")
+            # The oracle view learns to embed like the explicit-CoT oracle; the query's embedding follows it.
+            extra["oracle_contrastive"] = global_info_nce(oracle, docs, keys, positive, cfg.temperature)
+            extra["distill"] = distill_loss(q_emb, oracle.detach(), docs, cfg.temperature)
+            objective = con + extra["oracle_contrastive"] + cfg.distill_weight * extra["distill"]
     n_cot = 0 if cot is None else cot.numel()
-    return step_losses(con, None if cot is None else cot.mean(), n_cot, cot_weight(cfg, step))
+    losses = step_losses(objective, None if cot is None else cot.mean(), n_cot, cot_weight(cfg, step))
+    if extra:  # "contrastive" stays the query embeddings' own InfoNCE, comparable across methods
+        losses.update(contrastive=con, **extra)
+    return losses

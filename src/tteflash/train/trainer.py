@@ -55,6 +55,13 @@ class TrainConfig:
     losses, but the contrastive gradient does not reach the think-token states: a second query pass),
     `staged` (CoT loss alone for the first staged_cot_fraction of the steps, then contrastive alone with
     the think states detached)."""
+    distill_weight: float = 0.0
+    """Weight of a distillation loss (CODI-style; 0 = off, the paper's method): each query, embedded after its
+    think tokens, learns the ranking of the step's targets that the same model gives it with its gold CoT
+    written in before the think tokens (the explicit-CoT oracle's view): KL between the two softmax
+    distributions, no gradient into the oracle side. The oracle view is a second query pass, itself trained
+    with the contrastive loss; inference is unchanged (one pass, no CoT). Not with GradCache or several
+    processes."""
     staged_cot_fraction: float = 0.3
     """Share of the steps trained on the CoT loss alone under the `staged` schedule."""
     nested_think: bool = False
@@ -91,6 +98,10 @@ class TrainConfig:
             raise ValueError(f"unknown schedule {self.schedule!r} (available: {', '.join(SCHEDULES)})")
         if not 0 <= self.staged_cot_fraction < 1:
             raise ValueError(f"staged_cot_fraction must be in [0, 1), got {self.staged_cot_fraction}")
+        if self.distill_weight < 0:
+            raise ValueError(f"distill_weight must be >= 0 (0 = off), got {self.distill_weight}")
+        if self.distill_weight and self.grad_cache_chunk:
+            raise ValueError("distill_weight needs the plain step: set grad_cache_chunk=0")
         if self.grad_cache_chunk < 0:
             raise ValueError(f"grad_cache_chunk must be >= 0 (0 = off), got {self.grad_cache_chunk}")
         if self.precision not in precision.PRECISIONS:
