@@ -100,6 +100,13 @@ def test_quick_selects_its_subset_with_its_own_budget(tmp_path):
         S.Study.load(_write(tmp_path, CONFIG, base="b", out="o"), quick=True)
 
 
+def test_runs_selects_a_subset_of_the_grid(tmp_path):
+    study = S.Study.load(_write(tmp_path, CONFIG, base="b", out="o")).only(["tte_flash_k2", "tte_flash_nested"])
+    assert [r.name for r in study.runs] == ["tte_flash_k2", "tte_flash_nested"] and study.main == ["tte_flash_k2"]
+    with pytest.raises(ValueError, match="--runs names unknown runs \\['nope'\\]"):
+        study.only(["nope"])
+
+
 def _entry(name, seed, hit1, k_mode=None):
     return {"name": name, "seed": seed, "k_mode": k_mode, "k": 8, "overall": {"hit@1": hit1}, "n_queries": 400}
 

@@ -43,6 +43,7 @@ def main(argv=None) -> int:
     st = sub.add_parser("study", help="the design-study grid: train, evaluate, report (resumable)")
     st.add_argument("--config", default="configs/study.yaml", help="study grid (YAML)")
     st.add_argument("--seeds", default=None, help="comma-separated subset of the config's seeds")
+    st.add_argument("--runs", default=None, help="comma-separated subset of the config's runs (names)")
     st.add_argument("--device", default="cpu")
     st.add_argument("--workers", type=_positive_int, default=None, help="runs trained at once (default: one per CPU core)")
     st.add_argument("--quick", action="store_true", help="the config's `quick` subset (one seed, shorter runs)")
@@ -89,6 +90,8 @@ def main(argv=None) -> int:
         from .train.study import Study, run_study
         seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else None
         study = Study.load(a.config, quick=a.quick)
+        if a.runs:
+            study = study.only(a.runs.split(","))
         print("\n".join(run_study(study, device=a.device, only_seeds=seeds, workers=a.workers,
                                          finished_only=a.finished_only)["conclusions"]))
     elif a.command == "eval":

@@ -87,6 +87,16 @@ class Study:
         return study
 
 
+    def only(self, names: list[str]) -> "Study":
+        """The study restricted to the runs named (`tte-flash study --runs a,b`)."""
+        unknown = set(names) - {r.name for r in self.runs}
+        if unknown:
+            raise ValueError(f"--runs names unknown runs {sorted(unknown)} (the config has "
+                             f"{', '.join(r.name for r in self.runs)})")
+        return dataclasses.replace(self, runs=[r for r in self.runs if r.name in names],
+                                   main=[n for n in self.main if n in names])
+
+
 def run_study(study: Study, progress: bool = True, device: str = "cpu", only_seeds: list | None = None,
               workers: int | None = None, finished_only: bool = False) -> dict:
     """workers: runs trained and evaluated at once in separate processes (default: one per CPU core, 1 on a
