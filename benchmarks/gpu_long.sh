@@ -4,6 +4,9 @@
 # 2. beside it, a longer reasoner stage of the base (REASONING_STEPS, default 1,200 instead of 400) from the
 #    stage-1 checkpoint in STAGE1 (commit 8fce73e's checkpoints/base), to see whether more reasoner SFT
 #    raises the base's thought accuracy; the checkpoint comes back as $OUT/base-reasoner.tgz.
+# As run on 2026-11-26 (docs/results.md): the study's 12 non-explicit runs finished, explicit CoT's
+# evaluation did not fit in 555 s, and the reasoner stage, sharing the 16 cores with 13 training
+# processes, ran at 0.65 s/step and was cut at step 788: give it a call of its own.
 #   bash benchmarks/gpu_long.sh [BUDGET_SECONDS] [WORKERS]   (DEVICE=cpu CONFIG=... for a dry run)
 set -u
 export OUT=${OUT:-runs/gpu-long-out} PYTHONPATH=src PYTHONUNBUFFERED=1
