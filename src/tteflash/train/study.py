@@ -86,7 +86,6 @@ class Study:
             TrainConfig(**{**study.train, **r.train})
         return study
 
-
     def only(self, names: list[str]) -> "Study":
         """The study restricted to the runs named (`tte-flash study --runs a,b`)."""
         unknown = set(names) - {r.name for r in self.runs}
