@@ -1,6 +1,8 @@
 """The base pretraining's data: full captions for the retrieval alignment, partial ones on request."""
 import random
 
+import pytest
+
 from tteflash.train.base import partial_caption
 
 
@@ -46,8 +48,6 @@ def test_reasoning_stage_data_is_training_queries_with_their_gold_cot():
 
 
 def test_reasoning_stage_starts_from_a_saved_stage_one(tiny_base, tmp_path):
-    import pytest
-
     from tteflash.model import TTEFlashModel
     from tteflash.train.base import build_base
 

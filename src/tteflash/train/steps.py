@@ -54,20 +54,17 @@ def query_passes(model, examples, cfg: TrainConfig, step: int) -> list[QueryPass
     if cfg.schedule != "joint" and not (think and train_cot):
         raise ValueError(f"schedule {cfg.schedule!r} needs think tokens and a CoT loss (cot_weight > 0)")
 
-    def rows(with_cot: bool) -> LazyRows:
+    def rows(with_cot: bool, cot_in_prompt: bool = False) -> LazyRows:
         def build(i: int) -> Row:
             ex = examples[i]
-            return model.query_row(ex.query, f"{ex.task} query", cot=ex.cot, train_cot=with_cot, think=think)
+            return model.query_row(ex.query, f"{ex.task} query", cot=ex.cot, train_cot=with_cot, think=think,
+                                   cot_in_prompt=cot_in_prompt)
         return LazyRows(build, len(examples))
 
     if cfg.cot_only(step):  # staged warm-up: no embeddings, no targets
         return [QueryPass(rows(True), detach=False, emb=False, cot=True)]
-    oracle = []
-    if cfg.distill_weight:
-        def build_oracle(i: int) -> Row:
-            ex = examples[i]
-            return model.query_row(ex.query, f"{ex.task} query", cot=ex.cot, think=think, cot_in_prompt=True)
-        oracle = [QueryPass(LazyRows(build_oracle, len(examples)), detach=False, emb=False, cot=False, oracle=True)]
+    oracle = ([QueryPass(rows(False, cot_in_prompt=True), detach=False, emb=False, cot=False, oracle=True)]
+              if cfg.distill_weight else [])
     if cfg.schedule == "joint":
         return [QueryPass(rows(train_cot), detach=False, emb=True, cot=True)] + oracle
     cot = [QueryPass(rows(True), detach=False, emb=False, cot=True)] if cfg.schedule == "detach" else []
