@@ -161,6 +161,35 @@ def test_attention_mask_layout(make_model, sees_query):
     assert (batch.input_ids[1, pad2] == p.pad_token).all()
 
 
+def test_cot_tokens_blind_to_earlier_cot(make_model):
+    """cot_sees_cot=False: each branch token reads the think tokens and itself, no earlier CoT token; the
+    rest of the layout is unchanged."""
+    m = make_model(think_tokens=4)
+    p = m.processor
+    row = _text_row(m)
+    blind = p.build_batch([row], cot_sees_cot=False).attention_mask[0, 0] == 0
+    usual = p.build_batch([row]).attention_mask[0, 0] == 0
+    prompt, think, e, branch, _ = _roles(p, p.build_batch([row]), 0, row)
+    for i, q in enumerate(branch):
+        assert blind[q, think].all() and blind[q, q] and not blind[q, e] and not blind[q, prompt].any()
+        assert not blind[q, branch[:i]].any() and usual[q, branch[:i]].all()
+    others = [t for t in range(blind.shape[0]) if t not in branch]
+    assert torch.equal(blind[others], usual[others])
+
+
+def test_blind_cot_logits_ignore_earlier_cot(make_model):
+    """Functionally: with cot_sees_cot off, a CoT token's logits do not change when an earlier CoT token does."""
+    m = make_model(think_tokens=4, cot_sees_cot=False).eval()
+    a = m.query_row("count the red circles", cot="digits 7 2 . 7 plus 2 is 9", train_cot=True)
+    b = m.query_row("count the red circles", cot="digits 3 2 . 7 plus 2 is 9", train_cot=True)
+    assert a.branch_cot != b.branch_cot and a.branch_cot[-4:] == b.branch_cot[-4:]
+    with torch.no_grad():
+        ha, hb = (m._backbone_pass(m.make_batch([r]))[0][0] for r in (a, b))
+    last = slice(ha.shape[0] - 4, None)  # the last CoT tokens: equal inputs, earlier tokens differ
+    assert torch.allclose(ha[last], hb[last], atol=1e-5)
+    assert not torch.allclose(ha, hb, atol=1e-5)
+
+
 def test_inline_cot_is_plain_causal_text_before_e(make_model):
     m = make_model(think_tokens=0, explicit_cot=True)
     row = m.query_row("count the red circles", cot="three red")

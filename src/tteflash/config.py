@@ -57,6 +57,11 @@ class TTEFlashConfig:
     """Explicit Think-Then-Embed: generate a CoT after the query, then embed [query][CoT][E]."""
     cot_sees_query: bool = False
     """Let the CoT branch attend to the query; off makes the think tokens an information bottleneck."""
+    cot_sees_cot: bool = True
+    """Let each CoT-branch token attend to the CoT tokens before it (teacher forcing). Off: each CoT token is
+    predicted from the think tokens and its own input token alone, so every fact the CoT states, the answer
+    included, must be held by the think tokens (under teacher forcing the branch can otherwise compute a
+    sum from the gold digits it was fed, and the think tokens need not hold it)."""
     embed_layer: int = -1
     """Hidden-state index read at the embedding token (-1: last layer after the final norm)."""
     think_on_targets: bool = False

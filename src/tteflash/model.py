@@ -134,7 +134,8 @@ class TTEFlashModel(torch.nn.Module):
         return row
 
     def make_batch(self, rows: list[Row]) -> Batch:
-        batch = self.processor.build_batch(rows, cot_sees_query=self.config.cot_sees_query, dtype=self.dtype)
+        batch = self.processor.build_batch(rows, cot_sees_query=self.config.cot_sees_query,
+                                           cot_sees_cot=self.config.cot_sees_cot, dtype=self.dtype)
         if self.device.type == "cuda":  # pinned host memory: the copy to the GPU does not block the host
             return batch.pin_memory().to(self.device, non_blocking=True)
         return batch.to(self.device)

@@ -6,7 +6,7 @@ The think-token layout lives in `build_batch`: a row is
 
 - `E` sees everything before it (prompt, inline CoT, think tokens).
 - The branch CoT (TTE-Flash's CoT loss) sees the think tokens, the prompt only when `cot_sees_query`,
-  and never `E`; its positions continue from the think tokens as if `E` were absent, so decoding
+  its own earlier tokens unless `cot_sees_cot` is off, and never `E`; its positions continue from the think tokens as if `E` were absent, so decoding
   thoughts from `[prompt][T]` at inference matches training.
 - The inline CoT (explicit Think-Then-Embed) is ordinary causal text between the prompt and `E`.
 """
@@ -301,7 +301,8 @@ class Processor:
         return self.text_ids(cot, name, max_tokens) + [self.cot_end]
 
     # -- batch
-    def build_batch(self, rows: list[Row], *, cot_sees_query: bool = False, dtype=torch.float32) -> Batch:
+    def build_batch(self, rows: list[Row], *, cot_sees_query: bool = False, cot_sees_cot: bool = True,
+                    dtype=torch.float32) -> Batch:
         seqs, types, roles = [], [], []  # role: 0 prompt, 1 inline cot, 2 think, 3 E, 4 branch cot
         cot_predict, cot_labels, cot_rows, embed_index = [], [], [], []
         for b, r in enumerate(rows):
@@ -349,6 +350,8 @@ class Processor:
         hide_from_branch = role == 3
         if not cot_sees_query:  # the bottleneck: the CoT must be decodable from the think tokens alone
             hide_from_branch = hide_from_branch | (role == 0) | (role == 1)
+        if not cot_sees_cot:  # each CoT token reads the think tokens and itself (re-allowed by the eye below)
+            hide_from_branch = hide_from_branch | branch
         allowed &= ~(branch[:, :, None] & hide_from_branch[:, None, :])
         allowed |= torch.eye(L, dtype=torch.bool)[None]  # padding attends to itself: no all-masked rows
         mask = torch.zeros((B, 1, L, L), dtype=dtype).masked_fill(~allowed[:, None], torch.finfo(dtype).min)
