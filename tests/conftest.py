@@ -138,3 +138,10 @@ def mmeb_fixture(tmp_path_factory):
     root = tmp_path_factory.mktemp("mmeb")
     ann, data = mmeb_fixtures.build(root)
     return str(ann), str(data), str(root / "hf_cache")
+
+
+@pytest.fixture
+def one_forward_per_pass(monkeypatch):
+    """Training steps without length groups: each query pass and the targets in one padded forward."""
+    from tteflash.train import steps
+    monkeypatch.setattr(steps, "length_groups", lambda lengths, max_groups=3: [list(range(len(lengths)))])

@@ -80,7 +80,9 @@ def _cfg(**kw):
                                  temperature=0.1, hard_negatives=1), **kw})
 
 
-def test_train_with_grad_cache_matches_plain_training(new_model, train_examples, tmp_path):
+def test_train_with_grad_cache_matches_plain_training(new_model, train_examples, tmp_path, one_forward_per_pass):
+    # One forward per pass in the plain step too: two AdamW steps turn any float difference in a near-zero
+    # gradient into a difference of lr (length grouping's gradients are checked above, at rtol 1e-4).
     plain, cached = new_model(), new_model()
     h_plain = train(plain, _cfg(), str(tmp_path / "plain"), lambda s: train_examples, progress=False)
     h_cached = train(cached, _cfg(grad_cache_chunk=3), str(tmp_path / "gc"), lambda s: train_examples, progress=False)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tteflash.losses import info_nce
+from tteflash.train import steps
 from tteflash.train.trainer import TrainConfig, contrastive_step, lr_lambda, train
 
 
@@ -122,8 +123,9 @@ def test_lr_schedule_hand_values():
         TrainConfig(schedule="alternate")
 
 
-def _step_with_forwards(model, examples, cfg):
-    """contrastive_step's losses and the (batch, output) of each model forward it ran, in order."""
+def _step_with_forwards(model, examples, cfg, monkeypatch):
+    """contrastive_step's losses and the (batch, output) of each model forward it ran, in order (tests using
+    it take one_forward_per_pass: forward_by_length is tested against one forward on its own)."""
     seen = []
     real_forward = type(model).forward
 
@@ -132,19 +134,42 @@ def _step_with_forwards(model, examples, cfg):
         seen.append((batch, out))
         return out
 
-    type(model).forward = spy
-    try:
-        return contrastive_step(model, examples, cfg), seen
-    finally:
-        type(model).forward = real_forward
+    monkeypatch.setattr(type(model), "forward", spy)
+    return contrastive_step(model, examples, cfg), seen
 
 
-def test_contrastive_step_deduplicates_targets(model8, train_examples, no_grad_leak):
+@pytest.mark.parametrize("lengths, max_groups, want", [
+    ([5, 5, 5, 5], 3, [[0, 1, 2, 3]]),                      # equal lengths: one forward
+    ([10, 300, 12, 290], 3, [[0, 2], [3, 1]]),              # two clusters, by length, shortest first
+    ([10, 300, 12, 290], 1, [[0, 2, 3, 1]]),                # max_groups=1: one forward, sorted
+    ([40, 80], 3, [[0, 1]]),         # a split saves 40 padded tokens, less than a forward's 64: one forward
+    ([10, 80], 3, [[0], [1]]),       # it saves 70: two
+    ([], 3, []),
+])
+def test_length_groups_hand_cases(lengths, max_groups, want):
+    assert steps.length_groups(lengths, max_groups) == want
+
+
+def test_forward_by_length_equals_one_forward(model8, train_examples):
+    """Embeddings in row order and the mean CoT loss equal one padded forward of all the rows."""
+    rows = [model8.query_row(ex.query, "q", cot=ex.cot, train_cot=True) for ex in train_examples]
+    rows += [model8.document_row(ex.candidates[ex.target], "d") for ex in train_examples]
+    assert len(steps.length_groups([len(r) for r in rows])) > 1  # the case under test: several forwards
+    with torch.no_grad():
+        one = model8(model8.make_batch(rows))
+        grouped = steps.forward_by_length(model8, rows)
+    torch.testing.assert_close(grouped.embeddings, one.embeddings, atol=1e-5, rtol=1e-4)
+    assert grouped.cot_token_loss.shape == one.cot_token_loss.shape
+    assert grouped.cot_loss.item() == pytest.approx(one.cot_loss.item(), rel=1e-5)
+
+
+def test_contrastive_step_deduplicates_targets(model8, train_examples, no_grad_leak, monkeypatch,
+                                                one_forward_per_pass):
     """Two copies of an example: one target row, shared by both queries, never its own negative."""
     ex, other = train_examples[0], train_examples[2]
     cfg = TrainConfig(batch_size=3, hard_negatives=1, temperature=0.5, cot_weight=0.0)
     with torch.no_grad():
-        res, seen = _step_with_forwards(model8, [ex, ex, other], cfg)
+        res, seen = _step_with_forwards(model8, [ex, ex, other], cfg, monkeypatch)
     assert set(res) == {"contrastive", "loss"}  # cot_weight 0: no CoT rows, no CoT loss
     (q_batch, q_out), (_, d_out) = seen  # queries and targets are separate forwards (no cross padding)
     assert q_out.embeddings.shape[0] == 3
@@ -158,12 +183,13 @@ def test_contrastive_step_deduplicates_targets(model8, train_examples, no_grad_l
     np.testing.assert_array_less(0, res2["cot"].item())
 
 
-def test_distillation_pulls_the_query_embedding_to_the_oracle_view(model8, train_examples, no_grad_leak):
+def test_distillation_pulls_the_query_embedding_to_the_oracle_view(model8, train_examples, no_grad_leak, monkeypatch,
+                                                                  one_forward_per_pass):
     """distill_weight adds an oracle-view pass (gold CoT in the prompt, then the think tokens): its own InfoNCE,
     and KL(oracle's || query's softmax over the targets) with no gradient into the oracle side."""
     examples = train_examples[:3]
     cfg = TrainConfig(batch_size=3, hard_negatives=1, temperature=0.5, cot_weight=0.5, distill_weight=0.7)
-    res, seen = _step_with_forwards(model8, examples, cfg)
+    res, seen = _step_with_forwards(model8, examples, cfg, monkeypatch)
     assert set(res) == {"contrastive", "cot", "oracle_contrastive", "distill", "loss"}
     (q_batch, q_out), (o_batch, o_out), (d_batch, d_out) = seen
     assert (o_batch.think_mask.sum(-1) == 8).all()  # the oracle view keeps the think tokens

@@ -138,6 +138,11 @@ class Row:
     branch_cot: list[int] | None = None   # TTE-Flash CoT (ends with <|/cot|>), trained with NLL, after E
     embed: bool = True                    # append E (False when decoding thoughts)
 
+    def __len__(self) -> int:
+        """Tokens the row takes in a batch (build_batch's layout)."""
+        inline = 0 if self.inline_cot is None else len(self.inline_cot) + 1  # + <|cot|>
+        return len(self.prompt) + inline + self.think + int(self.embed) + len(self.branch_cot or ())
+
 
 @dataclass
 class Batch:

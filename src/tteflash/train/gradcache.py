@@ -12,10 +12,11 @@ micro-batches (each would see only its own negatives). GradCache (Gao et al., 20
 
 The parameter gradients equal one forward of the whole batch (`steps.contrastive_step`, then backward),
 for every schedule and nested think budget, in one process and under DDP (no gradient synchronisation
-until the last chunk). Memory holds one chunk's activations and inputs (rows are built per chunk:
-`steps.LazyRows`) plus (B + M) embeddings; the price is a second forward (and input preprocessing) of
-every row, the first without a graph (on CPU with the small model, 1.1-1.5x the plain
-step's time at batch 64-256, benchmarks/train_step.py).
+until the last chunk; one forward per chunk, so DDP can search a backward for unused parameters). Memory
+holds one chunk's activations and inputs (rows are built per chunk: `steps.LazyRows`) plus (B + M)
+embeddings; the price is a second forward (and input preprocessing) of every row, the first without a
+graph (on CPU with the small model, 1.1-1.5x the plain step's time at batch 64-256,
+benchmarks/train_step.py).
 Enabled with `TrainConfig.grad_cache_chunk` (train() then calls `grad_cache_step`).
 """
 from __future__ import annotations
@@ -74,7 +75,7 @@ def grad_cache_step(model, examples, cfg: TrainConfig, step: int,
     with torch.no_grad(), precision.autocast(cfg.precision, device):
         for rows in q_chunks:
             q_rng.append(_RngState(device))
-            emb, cot, _ = run_query_passes(model, passes, rows)  # TrainConfig refuses distillation here
+            emb, cot, _ = run_query_passes(model, passes, rows, max_groups=1)  # no distillation here
             if emb is not None:
                 q_emb.append(emb)
             n_cot.append(0 if cot is None else cot.numel())
@@ -107,7 +108,7 @@ def grad_cache_step(model, examples, cfg: TrainConfig, step: int,
         with (contextlib.nullcontext() if j == len(jobs) - 1 else no_sync()), rng.replay():
             with precision.autocast(cfg.precision, device):
                 if side == "q":
-                    emb, cot, _ = run_query_passes(model, passes, rows)  # TrainConfig refuses distillation here
+                    emb, cot, _ = run_query_passes(model, passes, rows, max_groups=1)  # no distillation here
                     grad = q_grad[rows] if q_grad is not None else None
                 else:
                     emb, cot = model(model.make_batch(d_rows[rows])).embeddings, None

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from ..model import Output
 from ..processing import Row
 from .distributed import global_info_nce, step_losses, world
 
@@ -71,12 +72,48 @@ def query_passes(model, examples, cfg: TrainConfig, step: int) -> list[QueryPass
     return cot + [QueryPass(rows(False), detach=True, emb=True, cot=False)] + oracle
 
 
-def run_query_passes(model, passes: list[QueryPass], rows: slice = slice(None)):
+def length_groups(lengths: list[int], max_groups: int = 3, overhead: int = 64) -> list[list[int]]:
+    """Indices split into at most max_groups groups of similar length, minimising the padded tokens
+    (sum over groups of size x longest) plus `overhead` tokens' worth of cost per extra forward."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    n = len(order)
+    # best[g][j]: cheapest cost of the j shortest rows in g groups; cut[g][j]: where its last group starts
+    best = [[0.0] + [float("inf")] * n] + [[float("inf")] * (n + 1) for _ in range(max_groups)]
+    cut = [[0] * (n + 1) for _ in range(max_groups + 1)]
+    for g in range(1, max_groups + 1):
+        for j in range(1, n + 1):
+            for i in range(j):
+                cost = best[g - 1][i] + (j - i) * lengths[order[j - 1]] + overhead
+                if cost < best[g][j]:
+                    best[g][j], cut[g][j] = cost, i
+    g = min(range(1, max_groups + 1), key=lambda k: best[k][n]) if n else 1
+    groups, j = [], n
+    while j > 0:
+        groups.append(order[cut[g][j]:j])
+        j, g = cut[g][j], g - 1
+    return groups[::-1]
+
+
+def forward_by_length(model, rows: list[Row], max_groups: int = 3, **kwargs) -> Output:
+    """model(rows) in up to three forwards of rows of similar length, so short rows are not padded to the
+    longest (a step's targets mix short texts and longer images: one padded batch is over half padding).
+    Embeddings come back in row order; the per-token CoT losses group by group (only their mean is used)."""
+    outs, order = [], []
+    for group in length_groups([len(r) for r in rows], max_groups):
+        outs.append(model(model.make_batch([rows[i] for i in group]), **kwargs))
+        order += group
+    emb = torch.cat([o.embeddings for o in outs])[torch.argsort(torch.tensor(order, device=outs[0].embeddings.device))]
+    losses = [o.cot_token_loss for o in outs if o.cot_token_loss is not None]
+    token_loss = torch.cat(losses) if losses else None
+    return Output(emb, None if token_loss is None else token_loss.mean(), token_loss)
+
+
+def run_query_passes(model, passes: list[QueryPass], rows: slice = slice(None), max_groups: int = 3):
     """(query embeddings or None, per-token CoT losses or None, oracle-view embeddings or None) of `rows`
-    of the examples."""
+    of the examples, each pass in up to max_groups forwards (forward_by_length)."""
     emb = cot = oracle = None
     for p in passes:
-        out = model(model.make_batch(p.rows[rows]), detach_think=p.detach)
+        out = forward_by_length(model, p.rows[rows], max_groups, detach_think=p.detach)
         if p.emb:
             emb = out.embeddings
         if p.cot:
@@ -126,7 +163,7 @@ def contrastive_step(model, examples, cfg: TrainConfig, step: int = 0) -> dict:
     extra = {}
     if q_emb is not None:
         keys, d_rows, positive = target_rows(model, examples, cfg)
-        docs = model(model.make_batch(d_rows[:])).embeddings
+        docs = forward_by_length(model, d_rows[:]).embeddings
         con = objective = global_info_nce(q_emb, docs, keys, positive, cfg.temperature)
         if oracle is not None:
             if world()[1] > 1:
