@@ -34,6 +34,7 @@ from ..files import atomic_dir
 from ..losses import info_nce
 from ..model import TTEFlashModel
 from ..processing import Row
+from .steps import forward_by_length
 from .trainer import TrainConfig, train
 
 KIND_WEIGHTS = {"scene": 0.25, "page": 0.25, "digits": 0.2, "video": 0.2, "crop": 0.10}
@@ -91,7 +92,7 @@ def perception_step(model, data, cfg: TrainConfig, step: int = 0) -> dict:
     for query, cot in reasoned:  # the explicit-CoT layout: [query]<|cot|> CoT <|/cot|>
         r = p.prompt_row(query, "base query")
         lm_rows.append(Row(r.prompt, r.prompt_types, r.pixels, inline_cot=p.cot_ids(cot), embed=False))
-    out = model(model.make_batch(caption_rows + lm_rows + image_rows + text_rows))
+    out = forward_by_length(model, caption_rows + lm_rows + image_rows + text_rows)  # rows of every length
     n0 = len(caption_rows) + len(lm_rows)
     n = len(image_rows)
     img, txt = out.embeddings[n0:n0 + n], out.embeddings[n0 + n:]
