@@ -104,8 +104,9 @@ def run_study(study: Study, progress: bool = True, device: str = "cpu", only_see
     seed: the seeds share the architecture; `time_alone`). finished_only: train nothing, report the finished runs."""
     test = bench.load_split("test", n_per_task=study.n_test)
     groups = bench.TASK_GROUPS
+    seeds = only_seeds or sorted({s for run in study.runs for s in run.seeds or study.seeds})  # a run may add seeds
     grid = [(seed, run, os.path.join(study.out, f"seed{seed}"), TrainConfig(**{**study.train, **run.train, "seed": seed}))
-            for seed in only_seeds or study.seeds for run in study.runs if seed in (run.seeds or study.seeds)]
+            for seed in seeds for run in study.runs if seed in (run.seeds or study.seeds)]
     grid.sort(key=lambda g: g[1].name not in study.main)  # stable: seed order kept within each part
     if finished_only:
         grid = [g for g in grid if os.path.exists(os.path.join(g[2], g[1].name, "result.json"))]
