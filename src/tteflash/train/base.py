@@ -12,8 +12,9 @@ perception), so the base is pretrained once, without the benchmark's retrieval t
     not read.)
 Those are stage 1 (2,000 steps: 54 minutes on 2 cores measured before length groups, about 35 now). Stage 2
 makes the base a reasoner, as a real VLM backbone is: it writes the gold CoT after training-split queries
-(no candidates, no targets). Without it no method learned to reason within the demo's budget: the explicit-CoT model wrote a right answer fact for
-6% of test queries, TTE-Flash's decoded thoughts 3% (benchmarks/thought_accuracy.py).
+(no candidates, no targets). Without it no method learned to reason within the demo's budget: the
+explicit-CoT model wrote a right answer fact for 6% of test queries, TTE-Flash's decoded thoughts 3%
+(benchmarks/thought_accuracy.py).
 """
 from __future__ import annotations
 
