@@ -6,8 +6,8 @@ The think-token layout lives in `build_batch`: a row is
 
 - `E` sees everything before it (prompt, inline CoT, think tokens).
 - The branch CoT (TTE-Flash's CoT loss) sees the think tokens, the prompt only when `cot_sees_query`,
-  its own earlier tokens unless `cot_sees_cot` is off, and never `E`; its positions continue from the think tokens as if `E` were absent, so decoding
-  thoughts from `[prompt][T]` at inference matches training.
+  its own earlier tokens unless `cot_sees_cot` is off, and never `E`; its positions continue from the
+  think tokens as if `E` were absent, so decoding thoughts from `[prompt][T]` at inference matches training.
 - The inline CoT (explicit Think-Then-Embed) is ordinary causal text between the prompt and `E`.
 """
 from __future__ import annotations

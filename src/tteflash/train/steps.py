@@ -95,14 +95,15 @@ def length_groups(lengths: list[int], max_groups: int = 3, overhead: int = 64) -
 
 
 def forward_by_length(model, rows: list[Row], max_groups: int = 3, **kwargs) -> Output:
-    """model(rows) in up to three forwards of rows of similar length, so short rows are not padded to the
-    longest (a step's targets mix short texts and longer images: one padded batch is over half padding).
+    """model(rows) in up to max_groups forwards of rows of similar length, so short rows are not padded to
+    the longest (a step's targets mix short texts and longer images: one padded batch was 57% padding).
     Embeddings come back in row order; the per-token CoT losses group by group (only their mean is used)."""
     outs, order = [], []
     for group in length_groups([len(r) for r in rows], max_groups):
         outs.append(model(model.make_batch([rows[i] for i in group]), **kwargs))
         order += group
-    emb = torch.cat([o.embeddings for o in outs])[torch.argsort(torch.tensor(order, device=outs[0].embeddings.device))]
+    emb = torch.cat([o.embeddings for o in outs])
+    emb = emb[torch.argsort(torch.tensor(order, device=emb.device))]
     losses = [o.cot_token_loss for o in outs if o.cot_token_loss is not None]
     token_loss = torch.cat(losses) if losses else None
     return Output(emb, None if token_loss is None else token_loss.mean(), token_loss)
