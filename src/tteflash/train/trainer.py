@@ -69,7 +69,8 @@ class TrainConfig:
     checkpoint serves every k (encode(..., think_tokens=k))."""
     hard_negatives: int = 3
     """Hard negatives per query from its pool, the example's hard distractors first (9 = the whole pool).
-    Target rows dominate a step's cost: 3 halves it against 9 (the demo: 0.75 vs 1.47 s per step, one thread)."""
+    Target rows dominate a step's cost: 3 halves it against 9 (the demo: 0.75 vs 1.47 s per step, one thread,
+    measured before length groups)."""
     freeze_vision: bool = True
     """Keep the vision tower fixed (the base already perceives the images)."""
     checkpoint_every: int = 100
