@@ -10,7 +10,7 @@ perception), so the base is pretrained once, without the benchmark's retrieval t
     (`--partial-captions`, the earlier recipe, aligns half of the images to some of their facts instead; a
     probe blamed it for unread page values, benchmarks/base_page_probe.py, but without it pages are still
     not read.)
-Those are stage 1 (2,000 steps: 54 minutes on 2 cores measured before length groups, about 32 now). Stage 2
+Those are stage 1 (2,000 steps: 54 minutes on 2 cores before length groups, 36 with them). Stage 2
 makes the base a reasoner, as a real VLM backbone is: it writes the gold CoT after training-split queries
 (no candidates, no targets). Without it no method learned to reason within the demo's budget: the
 explicit-CoT model wrote a right answer fact for 6% of test queries, TTE-Flash's decoded thoughts 3%
@@ -191,7 +191,7 @@ def build_base(out: str, steps: int = 2000, reasoning_steps: int = 400, seed: in
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """`tte-flash base` and `python -m tteflash.train.base` take the same flags."""
     ap.add_argument("--out", default="checkpoints/base")
-    ap.add_argument("--steps", type=int, default=2000, help="stage-1 optimizer steps (2,000: about 32 minutes on 2 cores)")
+    ap.add_argument("--steps", type=int, default=2000, help="stage-1 optimizer steps (2,000: 36 minutes on 2 cores)")
     ap.add_argument("--reasoning-steps", type=int, default=400, help="stage-2 (reasoner SFT) steps; 0 skips it")
     ap.add_argument("--perception", default=None, help="start from this stage-1 checkpoint instead of training stage 1")
     ap.add_argument("--seed", type=int, default=0)
