@@ -76,21 +76,25 @@ def length_groups(lengths: list[int], max_groups: int = 3, overhead: int = 64) -
     """Indices split into at most max_groups groups of similar length, minimising the padded tokens
     (sum over groups of size x longest) plus `overhead` tokens' worth of cost per extra forward."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    n = len(order)
-    # best[g][j]: cheapest cost of the j shortest rows in g groups; cut[g][j]: where its last group starts
+    # cuts only pay off between different lengths: the search runs over the distinct ones (a few dozen
+    # in a step, however large the batch), ends[u] = rows with one of the u shortest lengths
+    ends = [j for j in range(1, len(order) + 1) if j == len(order) or lengths[order[j]] != lengths[order[j - 1]]]
+    n = len(ends)
+    bound = [0] + ends
+    # best[g][u]: cheapest cost of the u shortest lengths in g groups; cut[g][u]: where its last group starts
     best = [[0.0] + [float("inf")] * n] + [[float("inf")] * (n + 1) for _ in range(max_groups)]
     cut = [[0] * (n + 1) for _ in range(max_groups + 1)]
     for g in range(1, max_groups + 1):
-        for j in range(1, n + 1):
-            for i in range(j):
-                cost = best[g - 1][i] + (j - i) * lengths[order[j - 1]] + overhead
-                if cost < best[g][j]:
-                    best[g][j], cut[g][j] = cost, i
+        for u in range(1, n + 1):
+            for t in range(u):
+                cost = best[g - 1][t] + (bound[u] - bound[t]) * lengths[order[bound[u] - 1]] + overhead
+                if cost < best[g][u]:
+                    best[g][u], cut[g][u] = cost, t
     g = min(range(1, max_groups + 1), key=lambda k: best[k][n]) if n else 1
-    groups, j = [], n
-    while j > 0:
-        groups.append(order[cut[g][j]:j])
-        j, g = cut[g][j], g - 1
+    groups, u = [], n
+    while u > 0:
+        groups.append(order[bound[cut[g][u]]:bound[u]])
+        u, g = cut[g][u], g - 1
     return groups[::-1]
 
 
