@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from tteflash.config import TTEFlashConfig
 from tteflash.processing import InputError
-from tteflash.think import recurrent_think_inputs, think_hooks
+from tteflash.think import think_hooks
 
 from test_families import qwen2_5_vl_model, qwen3_vl_model
 
@@ -39,8 +39,12 @@ def plain(model, row) -> torch.Tensor:
             return model.vlm.model(**batch.model_inputs(), use_cache=False, **kw)
 
     think = None
-    if model.config.think_mode == "recurrent":
-        think = recurrent_think_inputs(lambda x: run(x).last_hidden_state, batch.think_mask)
+    if model.config.think_mode == "recurrent":  # no cache: K full passes, the j-th fixing think input j
+        feeds = batch.think_mask[:, 1:]
+        for _ in range(int(batch.think_mask.sum(-1).max())):
+            h = run(think).last_hidden_state
+            think = torch.zeros_like(h)
+            think[:, 1:][feeds] = h[:, :-1][feeds]
     h = run(think, output_hidden_states=True).hidden_states[model.config.embed_layer]
     return F.normalize(h[0, batch.embed_index[0]], dim=-1)
 
@@ -93,7 +97,7 @@ def test_no_lm_head_and_early_stop(make_model, inputs):
         assert head == [] and last == []  # the last layer is above embed_layer=1: skipped
         r = make_model(think_tokens=3, think_mode="recurrent", embed_layer=1)
         r.encode(["a red circle", "count the squares"])
-        assert len(last) == 3  # the 3 feed passes run every layer; the final pass stops early
+        assert len(last) == 5  # fed-back states are last-layer states: prompt, 3 think steps, E all run it
     finally:
         h_head.remove(), h_last.remove()
 

@@ -46,6 +46,26 @@ def test_recurrent_mode_batches_images_and_videos_like_single_rows(make_model, i
     np.testing.assert_allclose(batched, single, atol=1e-5)
 
 
+def test_recurrent_mode_reuses_one_kv_cache(make_model, img84, video4):
+    """The prompts (and their pixels) are encoded once; each think step is one new column over the cache."""
+    model = make_model(think_tokens=3, think_mode="recurrent")
+    widths, vision = [], []
+    h1 = model.vlm.model.language_model.layers[0].register_forward_pre_hook(
+        lambda m, args, kwargs: widths.append((args[0] if args else kwargs["hidden_states"]).shape[1]),
+        with_kwargs=True)
+    h2 = model.vlm.model.visual.register_forward_hook(lambda *_: vision.append(1))
+    try:
+        inputs = [{"text": "what", "image": img84}, "a short text", {"text": "when", "video": video4}]
+        batch = model.make_batch([model.query_row(x) for x in inputs])
+        with torch.no_grad():
+            model(batch, cot_loss=False)
+    finally:
+        h1.remove(), h2.remove()
+    prompt = int(batch.think_mask.float().argmax(-1).max())  # the longest prompt
+    assert widths == [prompt, 1, 1, 1, 1]  # prompts, T_1..T_3, E
+    assert len(vision) == 2  # one image and one video, each encoded once
+
+
 def test_recurrent_mode_trains_the_cot_and_decodes(fresh_backbone, train_examples):
     model = TTEFlashModel(fresh_backbone(), TTEFlashConfig(think_tokens=2, think_mode="recurrent"))
     model.train()

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .backbone import Backbone, add_project_tokens, load_backbone, save_backbone
 from .config import TTEFlashConfig
 from .processing import Batch, Processor, Row
-from .think import recurrent_think_inputs, think_hooks
+from .think import recurrent_pass, think_hooks
 
 CONFIG_NAME = "tteflash_config.json"
 _HALF = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}  # encode precision -> CUDA autocast dtype
@@ -156,20 +156,20 @@ class TTEFlashModel(torch.nn.Module):
         Returns (last hidden state, states at `embed_layer`). stop_early: the layers above an intermediate
         `embed_layer` are never run, and the last hidden state is None.
         """
-        def run(think_inputs):
-            with think_hooks(self.vlm, batch.think_mask, think_inputs, detach_think):
+        layer = self._embed_layer_module()
+        if self.config.think_mode == "recurrent" and batch.think_mask.any():
+            # the K fed-back states are last-layer states: every layer runs, whatever `embed_layer`
+            last, states = recurrent_pass(self.vlm, batch, detach=detach_think, layer=layer)
+            return last, (last if layer is None else states)
+
+        def run():
+            with think_hooks(self.vlm, batch.think_mask, None, detach_think):
                 return self.vlm.model(**batch.model_inputs(), use_cache=False).last_hidden_state
 
-        inputs = None
-        if self.config.think_mode == "recurrent":
-            # The fed-back states are last-layer states: these K passes always run every layer; only the
-            # final pass below (the one read at E) may stop early.
-            inputs = recurrent_think_inputs(run, batch.think_mask)
-        layer = self._embed_layer_module()
         if layer is None:
-            last = run(inputs)
+            last = run()
             return last, last
-        return _with_layer_input(layer, lambda: run(inputs), stop=stop_early)
+        return _with_layer_input(layer, run, stop=stop_early)
 
     def forward(self, batch: Batch, *, detach_think: bool = False, cot_loss: bool = True) -> Output:
         """Embeddings at E and the CoT loss. detach_think: no gradient reaches the think-token states

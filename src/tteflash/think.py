@@ -4,8 +4,8 @@ The layout ([query][T_1..T_K][E][CoT branch], mask, positions) is built in `proc
 this file changes only what flows through the think positions of that same layout:
 
 - recurrent think mode (Coconut-style): the input at think position i is the last hidden state of the
-  position before it, not a learned embedding. Causal attention makes K passes enough: after pass j the
-  first j think inputs are final, and a last pass over the whole layout (E, CoT branch) reads them.
+  position before it, not a learned embedding. One KV cache: the prompts once, then one column per think
+  token, then the rest of the layout (E, CoT branch).
 - detached think states: the think positions' states are cut from the gradient at every layer, so a
   loss read at E (the contrastive one) trains the weights through the query and E only.
 
@@ -14,6 +14,7 @@ that keeps its decoder layers in `language_model.layers` works unchanged.
 """
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 
 import torch
@@ -52,17 +53,78 @@ def _detached(h: torch.Tensor, think_mask: torch.Tensor) -> torch.Tensor:
     return torch.where(think_mask[..., None], h.detach(), h)
 
 
-def recurrent_think_inputs(run, think_mask: torch.Tensor) -> torch.Tensor | None:
-    """Think inputs for recurrent mode: `run(think_inputs)` is one backbone pass returning the last hidden
-    states (B, L, D). K passes for K think tokens (the most in any row)."""
-    k = int(think_mask.sum(-1).max()) if think_mask.numel() else 0
-    if k == 0:
-        return None
-    feeds = think_mask[:, 1:]  # position p + 1 is a think token: its input is the state at p
-    inputs = None
-    for _ in range(k):
-        h = run(inputs)
-        nxt = torch.zeros_like(h)
-        nxt[:, 1:][feeds] = h[:, :-1][feeds]
-        inputs = nxt
-    return inputs
+def recurrent_pass(vlm, batch, *, detach: bool = False, layer: torch.nn.Module | None = None):
+    """Recurrent (Coconut-style) think tokens over one KV cache: a pass over the prompts, then K one-column
+    steps, each fed the last hidden state of the column before it, then a pass over the rest (E, CoT branch).
+
+    Rows are first shifted so that their think tokens share columns (prompts padded on the left); the
+    layout's mask and positions travel with the tokens, so attention is that of the batch's own layout.
+    Returns (last hidden states, hidden states entering `layer` or None), both (B, L, D) in the batch's
+    own column order. The prompts' images and videos are encoded once, by the first pass.
+    """
+    think = batch.think_mask
+    B, L = think.shape
+    valid = batch.padding_mask.bool()
+    lengths = valid.sum(-1)
+    cols = torch.arange(L, device=think.device)
+    first_think = torch.where(think, cols, L).amin(-1).minimum(lengths)  # a row without think tokens: its end
+    P = int(first_think.max())
+    K = int(think.sum(-1).max())
+    shift = P - first_think
+    width = int((shift + lengths).max())
+    # src[b, j]: the batch column shown at aligned column j; L (one appended padding column) outside the row
+    j = torch.arange(width, device=think.device)[None] - shift[:, None]
+    src = torch.where((j >= 0) & (j < lengths[:, None]), j, L)
+
+    def aligned(x, fill, dim=-1):  # gather along the column dim after appending one padding column
+        pad_shape = list(x.shape)
+        pad_shape[dim] = 1
+        x = torch.cat([x, x.new_full(pad_shape, fill)], dim)
+        index = src if x.dim() == 2 else src.expand(x.shape[0], -1, -1)
+        return x.gather(dim, index)
+
+    ids = aligned(batch.input_ids, 0)  # any id: padding is masked
+    think_a = aligned(think, False)
+    positions = aligned(batch.position_ids, 0)
+    neg = torch.finfo(batch.attention_mask.dtype).min
+    m = batch.attention_mask[:, 0]
+    m = torch.cat([m, m.new_full((B, L, 1), neg)], 2)
+    m = torch.cat([m, m.new_full((B, 1, L + 1), neg)], 1)
+    m[:, L, L] = 0  # the padding column attends to itself: no all-masked row
+    m = m.gather(1, src[:, :, None].expand(-1, -1, L + 1)).gather(2, src[:, None, :].expand(-1, width, -1))
+    mask = m[:, None]
+
+    from transformers import DynamicCache
+    cache = DynamicCache()
+    cache_arg = "cache" if "cache" in inspect.signature(vlm.model.forward).parameters else "past_key_values"
+    pixels = {k: v for k, v in batch.model_inputs().items() if k.startswith(("pixel_values", "image_", "video_"))}
+    seen = []
+    handle = layer.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(args[0] if args else kwargs["hidden_states"]), with_kwargs=True
+    ) if layer is not None else None
+
+    def run(a: int, b: int, fed: torch.Tensor | None = None, **extra) -> torch.Tensor:
+        tm = think_a[:, a:b]
+        inputs = None if fed is None else fed.expand(-1, b - a, -1)
+        with think_hooks(vlm, tm, inputs, detach):
+            return vlm.model(input_ids=ids[:, a:b], attention_mask=mask[:, :, a:b, :b],
+                             position_ids=positions[:, :, a:b], use_cache=True, **{cache_arg: cache},
+                             **extra).last_hidden_state
+
+    try:
+        states = [run(0, P, **pixels)] if P else []
+        for c in range(P, P + K):
+            states.append(run(c, c + 1, fed=states[-1][:, -1:]))
+        if P + K < width:
+            states.append(run(P + K, width))
+    finally:
+        if handle is not None:
+            handle.remove()
+    # back to the batch's columns (padding columns read an arbitrary aligned column: never used)
+    dst = (cols[None] + shift[:, None]).clamp(max=width - 1)[..., None]
+
+    def restore(chunks):
+        h = torch.cat(chunks, 1)
+        return h.gather(1, dst.expand(-1, -1, h.shape[-1]))
+
+    return restore(states), (restore(seen) if layer is not None else None)
