@@ -11,8 +11,8 @@ Sizes:
   vision tower; no weights downloaded), bf16 weights on CUDA; each query one 448x448 image (256 visual
   tokens) and about 32 text tokens (a tiny tokenizer stands in for Qwen's: the ids are what matters).
 
-Methods (settings of one model): no_think (K=0), tte_flash (K=8, K=32), recurrent (K=8, Coconut-style, K+1
-passes), explicit_cot (a generated CoT of exactly 32 or 128 tokens: end token suppressed until then, then
+Methods (settings of one model): no_think (K=0), tte_flash (K=8, K=32), recurrent (K=8, Coconut-style, K
+one-token steps over a KV cache), explicit_cot (a generated CoT of exactly 32 or 128 tokens: end token suppressed until then, then
 [query][CoT][E]).
 
 Paths:

@@ -270,3 +270,19 @@ def test_build_batch_rejects_bad_rows(model8):
     with pytest.raises(ValueError, match="at least one think token"):
         p.build_batch([Row(row.prompt, row.prompt_types, think=0, branch_cot=[p.cot_end])])
     assert p.max_think_tokens == 32
+
+
+def test_row_length_is_its_width_in_a_batch(make_model, img84, video4):
+    """`len(row)` (what length groups sort by) counts exactly the tokens build_batch lays out for it."""
+    tte, explicit = make_model(think_tokens=8), make_model(think_tokens=0, explicit_cot=True)
+    rows = [tte.query_row("count the red circles"),
+            tte.query_row({"text": "what", "image": img84}, cot="three red", train_cot=True),
+            tte.query_row({"text": "when", "video": video4}, cot="a b c", train_cot=True, think=2),
+            tte.query_row("x", cot="seven", cot_in_prompt=True),
+            tte.document_row(img84),
+            explicit.query_row({"text": "what", "image": img84}, cot="digits 7 2"),
+            tte.processor.prompt_row("decode me")]
+    rows[-1].think, rows[-1].branch_cot, rows[-1].embed = 3, tte.processor.cot_ids("a b"), False  # decoding
+    for row in rows:
+        assert len(row) == int(tte.processor.build_batch([row]).padding_mask.sum())
+    assert int(tte.processor.build_batch(rows).padding_mask.sum()) == sum(len(r) for r in rows)

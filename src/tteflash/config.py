@@ -52,7 +52,7 @@ class TTEFlashConfig:
     """K, the number of latent think tokens after the query; 0 is the no-think baseline."""
     think_mode: str = "parallel"
     """`parallel`: K learned think embeddings, one pass; `recurrent`: Coconut-style, each think input is the
-    previous position's last hidden state (K + 1 passes)."""
+    previous position's last hidden state (one KV cache: the prompt once, then K one-token steps)."""
     explicit_cot: bool = False
     """Explicit Think-Then-Embed: generate a CoT after the query, then embed [query][CoT][E]."""
     cot_sees_query: bool = False
