@@ -18,6 +18,7 @@ import inspect
 from contextlib import contextmanager
 
 import torch
+from transformers import DynamicCache
 
 def _layers(vlm) -> list[torch.nn.Module]:
     return list(vlm.model.language_model.layers)
@@ -76,12 +77,9 @@ def recurrent_pass(vlm, batch, *, detach: bool = False, layer: torch.nn.Module |
     j = torch.arange(width, device=think.device)[None] - shift[:, None]
     src = torch.where((j >= 0) & (j < lengths[:, None]), j, L)
 
-    def aligned(x, fill, dim=-1):  # gather along the column dim after appending one padding column
-        pad_shape = list(x.shape)
-        pad_shape[dim] = 1
-        x = torch.cat([x, x.new_full(pad_shape, fill)], dim)
-        index = src if x.dim() == 2 else src.expand(x.shape[0], -1, -1)
-        return x.gather(dim, index)
+    def aligned(x, fill):  # gather along the last (column) dim after appending one padding column
+        x = torch.cat([x, x.new_full((*x.shape[:-1], 1), fill)], -1)
+        return x.gather(-1, src if x.dim() == 2 else src.expand(x.shape[0], -1, -1))
 
     ids = aligned(batch.input_ids, 0)  # any id: padding is masked
     think_a = aligned(think, False)
@@ -94,7 +92,6 @@ def recurrent_pass(vlm, batch, *, detach: bool = False, layer: torch.nn.Module |
     m = m.gather(1, src[:, :, None].expand(-1, -1, L + 1)).gather(2, src[:, None, :].expand(-1, width, -1))
     mask = m[:, None]
 
-    from transformers import DynamicCache
     cache = DynamicCache()
     cache_arg = "cache" if "cache" in inspect.signature(vlm.model.forward).parameters else "past_key_values"
     pixels = {k: v for k, v in batch.model_inputs().items() if k.startswith(("pixel_values", "image_", "video_"))}
