@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 from contextlib import contextmanager
+from functools import cache
 
 import torch
 from transformers import DynamicCache
@@ -52,6 +53,12 @@ def think_hooks(vlm, think_mask: torch.Tensor, think_inputs: torch.Tensor | None
 
 def _detached(h: torch.Tensor, think_mask: torch.Tensor) -> torch.Tensor:
     return torch.where(think_mask[..., None], h.detach(), h)
+
+
+@cache
+def _cache_kwarg(model_class) -> str:
+    """The KV-cache argument's name: `cache` from transformers 5.24, `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def recurrent_pass(vlm, batch, *, detach: bool = False, layer: torch.nn.Module | None = None):
@@ -92,8 +99,7 @@ def recurrent_pass(vlm, batch, *, detach: bool = False, layer: torch.nn.Module |
     m = m.gather(1, src[:, :, None].expand(-1, -1, L + 1)).gather(2, src[:, None, :].expand(-1, width, -1))
     mask = m[:, None]
 
-    cache = DynamicCache()
-    cache_arg = "cache" if "cache" in inspect.signature(vlm.model.forward).parameters else "past_key_values"
+    kv = DynamicCache()
     pixels = {k: v for k, v in batch.model_inputs().items() if k.startswith(("pixel_values", "image_", "video_"))}
     seen = []
     handle = layer.register_forward_pre_hook(
@@ -105,7 +111,7 @@ def recurrent_pass(vlm, batch, *, detach: bool = False, layer: torch.nn.Module |
         inputs = None if fed is None else fed.expand(-1, b - a, -1)
         with think_hooks(vlm, tm, inputs, detach):
             return vlm.model(input_ids=ids[:, a:b], attention_mask=mask[:, :, a:b, :b],
-                             position_ids=positions[:, :, a:b], use_cache=True, **{cache_arg: cache},
+                             position_ids=positions[:, :, a:b], use_cache=True, **{_cache_kwarg(type(vlm.model)): kv},
                              **extra).last_hidden_state
 
     try:
