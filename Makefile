@@ -29,7 +29,7 @@ test-slow: $(DEV)  # exit status 5 = no slow test collected yet
 base: $(CORE)
 	$(PY) -m tteflash.cli base
 
-study: $(DEV)  # 95 minutes on 2 cores as measured (32 runs): see configs/study.yaml
+study: $(DEV)  # about 105 minutes on 2 cores (36 runs; 95 measured for the earlier 32): see configs/study.yaml
 	$(PY) -m tteflash.cli study --config configs/study.yaml
 
 study-quick: $(DEV)  # one seed of 8 configurations, shorter runs: see `quick` in configs/study.yaml

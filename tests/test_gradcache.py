@@ -35,6 +35,7 @@ CASES = {
     "joint+cot": (dict(), 0),
     "contrastive only": (dict(cot_weight=0.0), 0),
     "nested budget": (dict(nested_think=True, seed=1), 0),
+    "nested, drawn budget only": (dict(nested_think=True, nested_every_budget=False, seed=1), 0),
     "detach": (dict(schedule="detach", cot_weight=0.5), 0),
     "staged warm-up": (dict(schedule="staged", steps=10), 0),
     "staged second stage": (dict(schedule="staged", steps=10), 5),
@@ -46,7 +47,7 @@ CASES = {
 def test_grad_cache_equals_the_whole_batch(new_model, train_examples, case, chunk):
     kw, step = CASES[case]
     cfg = TrainConfig(batch_size=8, hard_negatives=1, temperature=0.1, grad_cache_chunk=chunk, **kw)
-    if case == "nested budget":
+    if case.startswith("nested"):
         assert cfg.think_budget(step, 4) < 4
     plain = new_model()
     want = contrastive_step(plain, train_examples, cfg, step)

@@ -279,6 +279,7 @@ def test_row_length_is_its_width_in_a_batch(make_model, img84, video4):
             tte.query_row({"text": "what", "image": img84}, cot="three red", train_cot=True),
             tte.query_row({"text": "when", "video": video4}, cot="a b c", train_cot=True, think=2),
             tte.query_row("x", cot="seven", cot_in_prompt=True),
+            tte.query_row({"text": "how", "image": img84}, cot="two", train_cot=True, budgets=(1, 2, 4), cot_think=2),
             tte.document_row(img84),
             explicit.query_row({"text": "what", "image": img84}, cot="digits 7 2"),
             tte.processor.prompt_row("decode me")]

@@ -7,6 +7,8 @@ import torch.nn.functional as F
 
 from tteflash.config import TTEFlashConfig
 from tteflash.model import TTEFlashModel
+from tteflash.losses import info_nce
+from tteflash.train.steps import target_rows
 from tteflash.train.trainer import TrainConfig, contrastive_step, train
 
 from conftest import TINY
@@ -124,21 +126,62 @@ def test_schedules_and_nested_budgets(fresh_backbone, train_examples):
     assert TrainConfig().think_budget(5, 8) == 8 and nested.think_budget(0, 0) == 0
 
 
-def test_nested_training_uses_the_drawn_budget(fresh_backbone, train_examples, tmp_path):
+@pytest.mark.parametrize("every", [True, False])
+def test_nested_training_uses_the_drawn_budget(fresh_backbone, train_examples, tmp_path, every):
     model = TTEFlashModel(fresh_backbone(), TTEFlashConfig(think_tokens=4))
     seen = []
     real = model.make_batch
 
     def spy(rows):
-        seen.append(max(r.think for r in rows))
+        seen.append({(r.think, r.budgets, r.cot_think) for r in rows})
         return real(rows)
 
     model.make_batch = spy
-    cfg = TrainConfig(steps=6, batch_size=2, nested_think=True, hard_negatives=1, checkpoint_every=100, seed=1)
+    cfg = TrainConfig(steps=6, batch_size=2, nested_think=True, nested_every_budget=every, hard_negatives=1,
+                      checkpoint_every=100, seed=1)
     train(model, cfg, str(tmp_path), lambda s: train_examples[:2], progress=False)
-    query_budgets = seen[0::2]  # query batch, then target batch (targets carry no think tokens)
-    assert query_budgets == [cfg.think_budget(s, 4) for s in range(6)]
-    assert set(seen[1::2]) == {0}
+    drawn = [cfg.think_budget(s, 4) for s in range(6)]
+    assert len(set(drawn)) > 1
+    if every:  # all 4 think tokens, E read at 1, 2 (and 4), the CoT at the drawn budget
+        assert seen[0::2] == [{(4, (1, 2), k)} for k in drawn]
+    else:
+        assert seen[0::2] == [{(k, (), None)} for k in drawn]
+    assert all(rows == {(0, (), None)} for rows in seen[1::2])  # targets carry no think tokens
     # one checkpoint serves every budget
     for k in (1, 2, 4):
         assert model.encode(["count the red circles"], think_tokens=k).shape == (1, TINY["hidden_size"])
+
+
+@pytest.mark.parametrize("mode", ["parallel", "recurrent"])
+def test_budget_tokens_equal_reading_at_that_budget(make_model, img84, video4, mode):
+    """E_k in the nested layout is the embedding of [query][T_1..T_k][E]; the CoT branch read at budget c is
+    the branch of a row with c think tokens. So one pass trains exactly what encode(think_tokens=k) runs."""
+    m = make_model(think_tokens=4, think_mode=mode)
+    inputs = [{"text": "what", "image": img84}, "a short text only query", {"text": "when", "video": video4}]
+    cot = "two red circles and one blue"
+    with torch.no_grad():
+        out = m(m.make_batch([m.query_row(x, cot=cot, train_cot=True, budgets=(1, 2), cot_think=2) for x in inputs]))
+        assert out.budget_embeddings.shape == (3, 3, TINY["hidden_size"])
+        torch.testing.assert_close(out.embeddings, out.budget_embeddings[:, -1])
+        for j, k in enumerate((1, 2, 4)):
+            alone = m(m.make_batch([m.query_row(x, think=k) for x in inputs])).embeddings
+            torch.testing.assert_close(out.budget_embeddings[:, j], alone, atol=1e-5, rtol=0)
+        assert not torch.allclose(out.budget_embeddings[:, 0], out.budget_embeddings[:, 2], atol=1e-3)
+        branch_at_2 = m(m.make_batch([m.query_row(x, cot=cot, train_cot=True, think=2) for x in inputs]))
+        torch.testing.assert_close(out.cot_token_loss, branch_at_2.cot_token_loss, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="must lie in 1..4"):
+        m.make_batch([m.query_row("q", budgets=(4,))])
+
+
+def test_nested_contrastive_loss_is_the_mean_over_budgets(make_model, train_examples):
+    model = make_model(think_tokens=4)
+    examples = train_examples[:3]
+    cfg = TrainConfig(nested_think=True, hard_negatives=1, cot_weight=0.0, temperature=0.1)
+    with torch.no_grad():
+        got = contrastive_step(model, examples, cfg)["contrastive"]
+        keys, d_rows, positive = target_rows(model, examples, cfg)
+        docs = model(model.make_batch(d_rows[:])).embeddings
+        per_budget = [info_nce(model(model.make_batch([model.query_row(e.query, think=k) for e in examples])).embeddings,
+                               docs, torch.tensor(positive), cfg.temperature) for k in (1, 2, 4)]
+    assert float(got) == pytest.approx(float(sum(per_budget) / 3), rel=1e-5)
+    assert len({round(float(x), 4) for x in per_budget}) == 3  # the budgets differ: the mean is not one of them

@@ -1,6 +1,7 @@
 """The training loop: losses go down, exact resume, checkpoint hygiene, schedule, contrastive_step wiring."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -10,7 +11,7 @@ import torch
 
 from tteflash.losses import info_nce
 from tteflash.train import steps
-from tteflash.train.trainer import TrainConfig, contrastive_step, lr_lambda, train
+from tteflash.train.trainer import TrainConfig, contrastive_step, lr_lambda, same_train_config, train
 
 
 @pytest.fixture
@@ -111,6 +112,17 @@ def test_checkpoint_from_before_a_new_setting_resumes_at_its_default(new_model, 
     with pytest.raises(ValueError, match="another TrainConfig"):  # the new setting away from its default
         train(new_model(), _cfg(steps=2, batch_size=2, nested_think=True), str(tmp_path), data, progress=False)
     assert train(new_model(), cfg, str(tmp_path), data, progress=False)["step"] == 2
+
+
+def test_a_setting_that_changed_behaviour_compares_as_its_old_behaviour():
+    def saved_before_the_field(**kw):
+        return {k: v for k, v in dataclasses.asdict(TrainConfig(**kw)).items() if k != "nested_every_budget"}
+
+    old = saved_before_the_field(nested_think=True)
+    assert not same_train_config(old, TrainConfig(nested_think=True))  # the default reads every budget now
+    assert same_train_config(old, TrainConfig(nested_think=True, nested_every_budget=False))
+    assert same_train_config(saved_before_the_field(), TrainConfig())  # no effect without nested budgets
+    assert not same_train_config(saved_before_the_field(lr=0.5), TrainConfig())
 
 
 def test_lr_schedule_hand_values():

@@ -60,6 +60,7 @@ class Output:
     embeddings: torch.Tensor            # (B, D) L2-normalised; rows without E are zeros
     cot_loss: torch.Tensor | None       # mean token NLL over all CoT tokens in the batch
     cot_token_loss: torch.Tensor | None  # (N,) per CoT token
+    budget_embeddings: torch.Tensor | None = None  # (B, n + 1, D): E_k at each Row.budgets, then E (nested training)
 
 
 class TTEFlashModel(torch.nn.Module):
@@ -112,15 +113,19 @@ class TTEFlashModel(torch.nn.Module):
 
     # ------------------------------------------------------------------ rows
     def query_row(self, item, name: str = "query", *, cot: str | None = None, train_cot: bool = False,
-                  think: int | None = None, cot_in_prompt: bool = False) -> Row:
+                  think: int | None = None, cot_in_prompt: bool = False, budgets: tuple[int, ...] = (),
+                  cot_think: int | None = None) -> Row:
         """The query side. `cot`: gold CoT (explicit: inline before E; TTE-Flash: branch target when train_cot,
-        or inline before the think tokens with cot_in_prompt: the oracle view that distillation reads)."""
+        or inline before the think tokens with cot_in_prompt: the oracle view that distillation reads).
+        budgets: also read E at these smaller think budgets; cot_think: the CoT branch reads that many
+        think tokens (nested training, see processing.build_batch)."""
         row = self.processor.prompt_row(item, name)
         cfg = self.config
         if cot is not None and (cfg.explicit_cot or cot_in_prompt):
             row.inline_cot = self.processor.cot_ids(cot, f"{name} cot", cfg.max_cot_tokens)
         if not cfg.explicit_cot:
             row.think = cfg.think_tokens if think is None else think
+            row.budgets, row.cot_think = tuple(budgets), cot_think
             if train_cot and row.think:
                 if cot is None:
                     raise ValueError(f"{name}: training the CoT loss needs a gold CoT")
@@ -177,16 +182,16 @@ class TTEFlashModel(torch.nn.Module):
         above an intermediate `embed_layer` are skipped."""
         want_cot = cot_loss and len(batch.cot_labels) > 0
         last, states = self._backbone_pass(batch, detach_think=detach_think, stop_early=not want_cot)
-        rows = torch.arange(len(batch.embed_index), device=states.device)
-        has_e = batch.embed_index >= 0
-        emb = states[rows, batch.embed_index.clamp(min=0)]
-        emb = F.normalize(emb.float(), dim=-1) * has_e[:, None]
+        index = torch.cat([batch.budget_index, batch.embed_index[:, None]], 1)  # (B, n + 1), E last
+        emb = states.gather(1, index.clamp(min=0)[..., None].expand(-1, -1, states.shape[-1]))
+        emb = F.normalize(emb.float(), dim=-1) * (index >= 0)[..., None]  # rows without E: zeros
         token_loss = None
         if want_cot:
             h = last[batch.cot_predict[:, 0], batch.cot_predict[:, 1]]
             logits = self.vlm.lm_head(h).float()  # only at CoT positions: no full-vocabulary pass
             token_loss = F.cross_entropy(logits, batch.cot_labels, reduction="none")
-        return Output(emb, None if token_loss is None else token_loss.mean(), token_loss)
+        return Output(emb[:, -1], None if token_loss is None else token_loss.mean(), token_loss,
+                      emb if batch.budget_index.shape[1] else None)
 
     # ------------------------------------------------------------------ inference
     def _as_list(self, inputs):

@@ -2,12 +2,16 @@
 
 The think-token layout lives in `build_batch`: a row is
 
-    [prompt] [<|cot|> inline CoT <|/cot|>]? [T_1 .. T_K] [E] [branch CoT <|/cot|>]?
+    [prompt] [<|cot|> inline CoT <|/cot|>]? [T_1 .. T_K] [E] [E_k ...]? [branch CoT <|/cot|>]?
 
 - `E` sees everything before it (prompt, inline CoT, think tokens).
-- The branch CoT (TTE-Flash's CoT loss) sees the think tokens, the prompt only when `cot_sees_query`,
-  its own earlier tokens unless `cot_sees_cot` is off, and never `E`; its positions continue from the
-  think tokens as if `E` were absent, so decoding thoughts from `[prompt][T]` at inference matches training.
+- The branch CoT (TTE-Flash's CoT loss) sees the think tokens (the first `cot_think` of them), the
+  prompt only when `cot_sees_query`, its own earlier tokens unless `cot_sees_cot` is off, and never `E`;
+  its positions continue from the last think token it reads as if `E` were absent, so decoding thoughts
+  from `[prompt][T_1..T_k]` at inference matches training.
+- Nested budgets: a budget token `E_k` is E as it would be read with k think tokens: it sees the prompt
+  and T_1..T_k only, at the position right after T_k. So one pass trains the embedding at every budget,
+  and `[prompt][T_1..T_k][E]` at inference computes exactly `E_k`.
 - The inline CoT (explicit Think-Then-Embed) is ordinary causal text between the prompt and `E`.
 """
 from __future__ import annotations
@@ -137,11 +141,14 @@ class Row:
     inline_cot: list[int] | None = None   # explicit CoT (ends with <|/cot|>), trained with NLL, seen by E
     branch_cot: list[int] | None = None   # TTE-Flash CoT (ends with <|/cot|>), trained with NLL, after E
     embed: bool = True                    # append E (False when decoding thoughts)
+    budgets: tuple[int, ...] = ()         # more E tokens after E, one per budget k < think, each reading T_1..T_k
+    cot_think: int | None = None          # the branch CoT reads T_1..T_cot_think (None: every think token)
 
     def __len__(self) -> int:
         """Tokens the row takes in a batch (build_batch's layout)."""
         inline = 0 if self.inline_cot is None else len(self.inline_cot) + 1  # + <|cot|>
-        return len(self.prompt) + inline + self.think + int(self.embed) + len(self.branch_cot or ())
+        return (len(self.prompt) + inline + self.think + int(self.embed) + len(self.budgets)
+                + len(self.branch_cot or ()))
 
 
 @dataclass
@@ -155,6 +162,7 @@ class Batch:
     pixel_values_videos: torch.Tensor | None
     video_grid_thw: torch.Tensor | None
     embed_index: torch.Tensor        # (B,) position of E (-1 where absent)
+    budget_index: torch.Tensor       # (B, n) positions of the budget E tokens (Row.budgets; -1 where absent)
     last_index: torch.Tensor         # (B,) last real token (for decoding)
     cot_predict: torch.Tensor        # (N, 2) (row, position) whose logits predict a CoT token
     cot_labels: torch.Tensor         # (N,)
@@ -308,51 +316,69 @@ class Processor:
     # -- batch
     def build_batch(self, rows: list[Row], *, cot_sees_query: bool = False, cot_sees_cot: bool = True,
                     dtype=torch.float32) -> Batch:
-        seqs, types, roles = [], [], []  # role: 0 prompt, 1 inline cot, 2 think, 3 E, 4 branch cot
-        cot_predict, cot_labels, cot_rows, embed_index = [], [], [], []
+        # role: 0 prompt, 1 inline cot, 2 think, 3 E, 4 branch cot, 5 budget E
+        seqs, types, roles, reads = [], [], [], []  # reads: the last think token a position may see (T_k: k)
+        cot_predict, cot_labels, cot_rows, embed_index, budget_index = [], [], [], [], []
+        think_pos = []  # per row, the column of each think token
         for b, r in enumerate(rows):
             if r.think > len(self._think_ids):
                 raise ValueError(f"{r.think} think tokens requested; the tokenizer has {len(self._think_ids)}")
+            if any(not 0 < k < r.think for k in r.budgets) or (r.cot_think is not None and not 0 < r.cot_think <= r.think):
+                raise ValueError(f"think budgets {r.budgets} / CoT budget {r.cot_think} must lie in 1..{r.think}")
             s, ro = list(r.prompt), [0] * len(r.prompt)
             if r.inline_cot is not None:
                 s.append(self.cot_start); ro.append(1)
                 for tok in r.inline_cot:  # predicted from the previous token
                     cot_predict.append((b, len(s) - 1)); cot_labels.append(tok); cot_rows.append(b)
                     s.append(tok); ro.append(1)
+            think_pos.append(list(range(len(s), len(s) + r.think)))
             s += self._think_ids[: r.think]; ro += [2] * r.think
             embed_index.append(len(s) if r.embed else -1)
             if r.embed:
                 s.append(self.embed_token); ro.append(3)
+            rd = [r.think] * len(s)
+            budget_index.append(list(range(len(s), len(s) + len(r.budgets))))
+            s += [self.embed_token] * len(r.budgets); ro += [5] * len(r.budgets); rd += list(r.budgets)
             if r.branch_cot is not None:
                 if r.think == 0:
                     raise ValueError("a branch CoT needs at least one think token to read from")
-                last = len(s) - 2 if r.embed else len(s) - 1  # T_K
+                last = think_pos[b][(r.cot_think or r.think) - 1]  # T_k predicts the first CoT token
                 for i, tok in enumerate(r.branch_cot):
                     cot_predict.append((b, last if i == 0 else len(s) - 1)); cot_labels.append(tok); cot_rows.append(b)
-                    s.append(tok); ro.append(4)
-            seqs.append(s); roles.append(ro)
+                    s.append(tok); ro.append(4); rd.append(r.cot_think or r.think)
+            seqs.append(s); roles.append(ro); reads.append(rd)
             types.append(r.prompt_types + [TEXT] * (len(s) - len(r.prompt)))
         B, L = len(rows), max(len(s) for s in seqs)
         input_ids = torch.full((B, L), self.pad_token, dtype=torch.long)
         type_ids = torch.zeros((B, L), dtype=torch.long)
         role = torch.full((B, L), -1, dtype=torch.long)
+        think_no = torch.zeros((B, L), dtype=torch.long)  # k at T_k, 0 elsewhere
+        reads_up_to = torch.zeros((B, L), dtype=torch.long)
         for b, s in enumerate(seqs):
             input_ids[b, : len(s)] = torch.tensor(s)
             type_ids[b, : len(s)] = torch.tensor(types[b])
             role[b, : len(s)] = torch.tensor(roles[b])
+            reads_up_to[b, : len(s)] = torch.tensor(reads[b])
+            think_no[b, think_pos[b]] = torch.arange(1, len(think_pos[b]) + 1)
         valid = role >= 0
         branch = role == 4
-        # positions: M-RoPE over everything but the branch, then the branch continues from E's slot.
-        position_ids = self._rope_positions(input_ids, type_ids, valid & ~branch, rows)
-        for b, s in enumerate(seqs):
-            n = int(branch[b].sum())
-            if n:
-                start = int((role[b] == 4).nonzero()[0])
-                first = position_ids[:, b, start - 1] + (0 if rows[b].embed else 1)  # E's slot (T_K + 1)
-                position_ids[:, b, start:start + n] = first[:, None] + torch.arange(n)
-        # attention: causal among valid tokens; branch never sees E, and sees the prompt only on request.
+        after_think = branch | (role == 5)  # placed after E, positioned as if right after the think tokens they read
+        # positions: M-RoPE over the main layout; a budget E_k and the branch continue from T_k's slot.
+        position_ids = self._rope_positions(input_ids, type_ids, valid & ~after_think, rows)
+        if after_think.any():
+            think_col = torch.zeros((B, 1 + max(r.think for r in rows)), dtype=torch.long)  # [b, k]: T_k's column
+            for b, cols in enumerate(think_pos):
+                think_col[b, 1:1 + len(cols)] = torch.tensor(cols, dtype=torch.long)
+            slot = position_ids.gather(2, think_col.gather(1, reads_up_to)[None].expand(3, -1, -1)) + 1
+            step = (branch.long().cumsum(-1) - 1).clamp(min=0) * branch  # the branch's tokens follow one another
+            position_ids = torch.where(after_think[None], slot + step[None], position_ids)
+        # attention: causal among valid tokens; branch and budget E tokens never see E (or each other),
+        # nor think tokens past their budget; the branch sees the prompt only on request.
         allowed = torch.ones(L, L, dtype=torch.bool).tril()[None] & valid[:, None, :] & valid[:, :, None]
-        hide_from_branch = role == 3
+        hidden = (role == 3) | (role == 5)
+        allowed &= ~(after_think[:, :, None] & hidden[:, None, :])
+        allowed &= ~(think_no[:, None, :] > reads_up_to[:, :, None])
+        hide_from_branch = torch.zeros_like(branch)
         if not cot_sees_query:  # the bottleneck: the CoT must be decodable from the think tokens alone
             hide_from_branch = hide_from_branch | (role == 0) | (role == 1)
         if not cot_sees_cot:  # each CoT token reads the think tokens and itself (re-allowed by the eye below)
@@ -370,9 +396,12 @@ class Processor:
         pv, ig = cat(IMAGE)
         pvv, vg = cat(VIDEO)
         cp = torch.tensor(cot_predict, dtype=torch.long).reshape(-1, 2)
-        return Batch(input_ids, type_ids, mask, position_ids, pv, ig, pvv, vg, torch.tensor(embed_index),
+        n_budgets = max(len(i) for i in budget_index)
+        budgets = torch.tensor([i + [-1] * (n_budgets - len(i)) for i in budget_index], dtype=torch.long).reshape(B, n_budgets)
+        return Batch(input_ids, type_ids, mask, position_ids, pv, ig, pvv, vg, torch.tensor(embed_index), budgets,
                      torch.tensor([len(s) - 1 for s in seqs]), cp, torch.tensor(cot_labels, dtype=torch.long),
-                     torch.tensor(cot_rows, dtype=torch.long), role == 2, valid.long(), causal=not bool(branch.any()))
+                     torch.tensor(cot_rows, dtype=torch.long), role == 2, valid.long(),
+                     causal=not bool(after_think.any()))
 
     _rope_fn = None
 

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from . import precision
-from .distributed import all_sum, global_info_nce, world
-from .steps import cot_weight, query_passes, run_query_passes, target_rows
+from .distributed import all_sum, world
+from .steps import cot_weight, query_info_nce, query_passes, run_query_passes, target_rows
 
 if TYPE_CHECKING:
     from .trainer import TrainConfig
@@ -89,7 +89,7 @@ def grad_cache_step(model, examples, cfg: TrainConfig, step: int,
     if contrastive:
         q_all = torch.cat(q_emb).requires_grad_()
         d_all = torch.cat(d_emb).requires_grad_()
-        con = global_info_nce(q_all, d_all, keys, positive, cfg.temperature)
+        con = query_info_nce(q_all, d_all, keys, positive, cfg.temperature)
         q_grad, d_grad = torch.autograd.grad(scale * con, [q_all, d_all])
         losses["contrastive"] = con.detach()
     n_total = int(all_sum(torch.tensor(float(sum(n_cot)), device=device)))

@@ -50,25 +50,32 @@ def query_passes(model, examples, cfg: TrainConfig, step: int) -> list[QueryPass
     """The query forwards of this step's schedule (`joint`: one pass; `detach`: a CoT pass and a detached
     embedding pass; `staged`: the CoT pass alone, later the detached embedding pass alone), and with
     distillation the oracle view's pass."""
-    think = cfg.think_budget(step, model.config.think_tokens)
+    k_max = model.config.think_tokens
+    think = cfg.think_budget(step, k_max)
     train_cot = cfg.cot_weight > 0
     if cfg.schedule != "joint" and not (think and train_cot):
         raise ValueError(f"schedule {cfg.schedule!r} needs think tokens and a CoT loss (cot_weight > 0)")
+    # every budget from one pass: all K think tokens laid out, E read at each budget, the CoT at the drawn one
+    every = cfg.nested_think and cfg.nested_every_budget and k_max > 0
+    budgets = tuple(cfg.nested_budgets(k_max)[:-1]) if every else ()
 
-    def rows(with_cot: bool, cot_in_prompt: bool = False) -> LazyRows:
+    def rows(with_cot: bool, cot_in_prompt: bool = False, emb: bool = True) -> LazyRows:
+        """emb: the pass's query embeddings are read (at every budget, with `every`)."""
+        layout = dict(think=k_max, budgets=budgets if emb else (), cot_think=think) if every else dict(think=think)
+
         def build(i: int) -> Row:
             ex = examples[i]
-            return model.query_row(ex.query, f"{ex.task} query", cot=ex.cot, train_cot=with_cot, think=think,
-                                   cot_in_prompt=cot_in_prompt)
+            return model.query_row(ex.query, f"{ex.task} query", cot=ex.cot, train_cot=with_cot,
+                                   cot_in_prompt=cot_in_prompt, **layout)
         return LazyRows(build, len(examples))
 
     if cfg.cot_only(step):  # staged warm-up: no embeddings, no targets
-        return [QueryPass(rows(True), detach=False, emb=False, cot=True)]
-    oracle = ([QueryPass(rows(False, cot_in_prompt=True), detach=False, emb=False, cot=False, oracle=True)]
+        return [QueryPass(rows(True, emb=False), detach=False, emb=False, cot=True)]
+    oracle = ([QueryPass(rows(False, cot_in_prompt=True, emb=False), detach=False, emb=False, cot=False, oracle=True)]
               if cfg.distill_weight else [])
     if cfg.schedule == "joint":
         return [QueryPass(rows(train_cot), detach=False, emb=True, cot=True)] + oracle
-    cot = [QueryPass(rows(True), detach=False, emb=False, cot=True)] if cfg.schedule == "detach" else []
+    cot = [QueryPass(rows(True, emb=False), detach=False, emb=False, cot=True)] if cfg.schedule == "detach" else []
     return cot + [QueryPass(rows(False), detach=True, emb=True, cot=False)] + oracle
 
 
@@ -106,21 +113,23 @@ def forward_by_length(model, rows: list[Row], max_groups: int = 3, **kwargs) -> 
     for group in length_groups([len(r) for r in rows], max_groups):
         outs.append(model(model.make_batch([rows[i] for i in group]), **kwargs))
         order += group
-    emb = torch.cat([o.embeddings for o in outs])
-    emb = emb[torch.argsort(torch.tensor(order, device=emb.device))]
+    back = torch.argsort(torch.tensor(order, device=outs[0].embeddings.device))
+    emb = torch.cat([o.embeddings for o in outs])[back]
+    nested = torch.cat([o.budget_embeddings for o in outs])[back] if outs[0].budget_embeddings is not None else None
     losses = [o.cot_token_loss for o in outs if o.cot_token_loss is not None]
     token_loss = torch.cat(losses) if losses else None
-    return Output(emb, None if token_loss is None else token_loss.mean(), token_loss)
+    return Output(emb, None if token_loss is None else token_loss.mean(), token_loss, nested)
 
 
 def run_query_passes(model, passes: list[QueryPass], rows: slice = slice(None), max_groups: int = 3):
     """(query embeddings or None, per-token CoT losses or None, oracle-view embeddings or None) of `rows`
-    of the examples, each pass in up to max_groups forwards (forward_by_length)."""
+    of the examples, each pass in up to max_groups forwards (forward_by_length). The query embeddings are
+    (B, D), or (B, n, D) when read at n nested budgets (see `query_info_nce`)."""
     emb = cot = oracle = None
     for p in passes:
         out = forward_by_length(model, p.rows[rows], max_groups, detach_think=p.detach)
         if p.emb:
-            emb = out.embeddings
+            emb = out.embeddings if out.budget_embeddings is None else out.budget_embeddings
         if p.cot:
             cot = out.cot_token_loss
         if p.oracle:
@@ -143,6 +152,16 @@ def target_rows(model, examples, cfg: TrainConfig) -> tuple[list[str], LazyRows,
             if j == 0:
                 positive.append(keys.index(key))
     return keys, LazyRows(lambda i: model.document_row(*items[i]), len(items)), positive
+
+
+def query_info_nce(q_emb: torch.Tensor, docs: torch.Tensor, keys: list, positive: list[int],
+                   temperature: float) -> torch.Tensor:
+    """The contrastive loss of (B, D) query embeddings, or of (B, n, D) ones read at n nested think budgets:
+    then the mean over budgets, each budget's queries against the same targets."""
+    if q_emb.dim() == 2:
+        return global_info_nce(q_emb, docs, keys, positive, temperature)
+    n = q_emb.shape[1]
+    return global_info_nce(q_emb.flatten(0, 1), docs, keys, [p for p in positive for _ in range(n)], temperature)
 
 
 def cot_weight(cfg: TrainConfig, step: int) -> float:
@@ -169,8 +188,9 @@ def contrastive_step(model, examples, cfg: TrainConfig, step: int = 0) -> dict:
     if q_emb is not None:
         keys, d_rows, positive = target_rows(model, examples, cfg)
         docs = forward_by_length(model, d_rows[:]).embeddings
-        con = objective = global_info_nce(q_emb, docs, keys, positive, cfg.temperature)
+        con = objective = query_info_nce(q_emb, docs, keys, positive, cfg.temperature)
         if oracle is not None:
+            q_emb = q_emb if q_emb.dim() == 2 else q_emb[:, -1]  # distilled at the full budget
             if world()[1] > 1:
                 raise ValueError("distill_weight runs in one process (its loss is not reduced across ranks)")
             # The oracle view learns to embed like the explicit-CoT oracle; the query's embedding follows it.

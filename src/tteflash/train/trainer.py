@@ -65,8 +65,13 @@ class TrainConfig:
     staged_cot_fraction: float = 0.3
     """Share of the steps trained on the CoT loss alone under the `staged` schedule."""
     nested_think: bool = False
-    """Nested budgets: each step uses the first k think tokens, k drawn from {1, 2, 4, ..., K}, so one
-    checkpoint serves every k (encode(..., think_tokens=k))."""
+    """Nested budgets: one checkpoint serves every k in {1, 2, 4, ..., K} (encode(..., think_tokens=k)).
+    Each step trains the CoT loss on the first k think tokens, k drawn per step, and the embedding as
+    nested_every_budget says."""
+    nested_every_budget: bool = True
+    """With nested_think: read the embedding at every budget from one pass (an E token per budget, each
+    seeing only its first k think tokens; the contrastive loss is the mean over budgets), so every budget
+    learns at every step. Off: the step embeds at the drawn k only (each budget learns in a share of the steps)."""
     hard_negatives: int = 3
     """Hard negatives per query from its pool, the example's hard distractors first (9 = the whole pool).
     Target rows dominate a step's cost: 3 halves it against 9 (the demo: 0.75 vs 1.47 s per step, one thread,
@@ -118,8 +123,12 @@ class TrainConfig:
         """Think tokens used at this step: k_max, or a nested budget drawn from the step's own seed."""
         if not self.nested_think or k_max == 0:
             return k_max
-        budgets = [2 ** i for i in range(k_max.bit_length()) if 2 ** i < k_max] + [k_max]
-        return random.Random(f"{self.seed}/nested/{step}").choice(budgets)
+        return random.Random(f"{self.seed}/nested/{step}").choice(self.nested_budgets(k_max))
+
+    @staticmethod
+    def nested_budgets(k_max: int) -> list[int]:
+        """{1, 2, 4, ...} below k_max, then k_max."""
+        return [2 ** i for i in range(k_max.bit_length()) if 2 ** i < k_max] + [k_max]
 
 
 SCHEDULES = ("joint", "detach", "staged")
@@ -135,11 +144,25 @@ def lr_lambda(cfg: TrainConfig):
     return f
 
 
+# How a run saved before a field existed behaved, where that was not the field's default: a function of
+# the saved settings, None where the field had no effect on that run.
+BEFORE_FIELD = {"nested_every_budget": lambda saved: False if saved.get("nested_think") else None}
+
+
 def same_train_config(saved: dict, cfg: TrainConfig) -> bool:
     """Equal settings; a field added to TrainConfig after the checkpoint was written counts as equal when
-    this run leaves it at its default (the saved run behaved as that default)."""
+    this run sets it to what the saved run did (the default, or as BEFORE_FIELD says)."""
     defaults = dataclasses.asdict(TrainConfig())
-    return all(saved[k] == v if k in saved else v == defaults[k] for k, v in dataclasses.asdict(cfg).items())
+
+    def same(k, v) -> bool:
+        if k in saved:
+            return saved[k] == v
+        if k in BEFORE_FIELD:
+            was = BEFORE_FIELD[k](saved)
+            return was is None or was == v
+        return v == defaults[k]
+
+    return all(same(k, v) for k, v in dataclasses.asdict(cfg).items())
 
 
 def set_activation_checkpointing(vlm, on: bool) -> None:
