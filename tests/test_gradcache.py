@@ -36,6 +36,7 @@ CASES = {
     "contrastive only": (dict(cot_weight=0.0), 0),
     "nested budget": (dict(nested_think=True, seed=1), 0),
     "nested, drawn budget only": (dict(nested_think=True, nested_every_budget=False, seed=1), 0),
+    "nested detach": (dict(nested_think=True, schedule="detach", seed=1), 0),
     "detach": (dict(schedule="detach", cot_weight=0.5), 0),
     "staged warm-up": (dict(schedule="staged", steps=10), 0),
     "staged second stage": (dict(schedule="staged", steps=10), 5),

@@ -169,8 +169,16 @@ def test_budget_tokens_equal_reading_at_that_budget(make_model, img84, video4, m
         assert not torch.allclose(out.budget_embeddings[:, 0], out.budget_embeddings[:, 2], atol=1e-3)
         branch_at_2 = m(m.make_batch([m.query_row(x, cot=cot, train_cot=True, think=2) for x in inputs]))
         torch.testing.assert_close(out.cot_token_loss, branch_at_2.cot_token_loss, atol=1e-5, rtol=0)
-    with pytest.raises(ValueError, match="must lie in 1..4"):
-        m.make_batch([m.query_row("q", budgets=(4,))])
+        # a row without think tokens (a target) in the same batch is untouched by the budget tokens
+        doc = m(m.make_batch([m.query_row(inputs[1], cot=cot, train_cot=True, budgets=(1, 2)), m.document_row(img84)]))
+        torch.testing.assert_close(doc.embeddings[1], m(m.make_batch([m.document_row(img84)])).embeddings[0],
+                                   atol=1e-5, rtol=0)
+        assert (doc.budget_embeddings[1, :2] == 0).all()
+    for bad in (dict(budgets=(4,)), dict(budgets=(1, 1)), dict(budgets=(0,))):
+        with pytest.raises(ValueError, match="distinct number of think tokens in 1..3"):
+            m.make_batch([m.query_row("q", **bad)])
+    with pytest.raises(ValueError, match="cannot read 5 of 4 think tokens"):
+        m.make_batch([m.query_row("q", cot="c", train_cot=True, cot_think=5)])
 
 
 def test_nested_contrastive_loss_is_the_mean_over_budgets(make_model, train_examples):

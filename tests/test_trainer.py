@@ -228,3 +228,27 @@ def test_distillation_settings_are_checked():
         TrainConfig(distill_weight=-1.0)
     with pytest.raises(ValueError, match="grad_cache_chunk=0"):
         TrainConfig(distill_weight=1.0, grad_cache_chunk=4)
+
+
+def test_distillation_with_nested_budgets_reaches_every_budget(make_model, train_examples, monkeypatch,
+                                                                one_forward_per_pass):
+    """With nested budgets each budget's embedding learns the oracle view's ranking: the KL is the mean over
+    budgets, the oracle view (at the step's drawn budget) is one embedding per query."""
+    model = make_model(think_tokens=4)
+    cfg = TrainConfig(batch_size=3, hard_negatives=1, temperature=0.5, cot_weight=0.0, distill_weight=1.0,
+                      nested_think=True, seed=1)
+    res, seen = _step_with_forwards(model, train_examples[:3], cfg, monkeypatch)
+    (q_batch, q_out), (o_batch, o_out), (_, d_out) = seen
+    assert q_out.budget_embeddings.shape[1] == 3 and o_out.budget_embeddings is None  # budgets 1, 2, 4
+    assert (o_batch.think_mask.sum(-1) == cfg.think_budget(0, 4)).all()
+    docs, positive = d_out.embeddings, torch.tensor([0, 2, 4])
+    log_p_oracle = torch.log_softmax(o_out.embeddings @ docs.T / 0.5, -1)
+    kl, con = [], []
+    for j in range(3):
+        q = q_out.budget_embeddings[:, j]
+        kl.append((log_p_oracle.exp() * (log_p_oracle - torch.log_softmax(q @ docs.T / 0.5, -1))).sum(-1).mean())
+        con.append(info_nce(q, docs, positive, 0.5))
+    assert len({round(x.item(), 4) for x in kl}) == 3  # the budgets differ
+    assert res["distill"].item() == pytest.approx(sum(kl).item() / 3, abs=1e-5)
+    assert res["contrastive"].item() == pytest.approx(sum(con).item() / 3, abs=1e-5)
+    assert res["oracle_contrastive"].item() == pytest.approx(info_nce(o_out.embeddings, docs, positive, 0.5).item(), abs=1e-5)

@@ -60,7 +60,7 @@ class Output:
     embeddings: torch.Tensor            # (B, D) L2-normalised; rows without E are zeros
     cot_loss: torch.Tensor | None       # mean token NLL over all CoT tokens in the batch
     cot_token_loss: torch.Tensor | None  # (N,) per CoT token
-    budget_embeddings: torch.Tensor | None = None  # (B, n + 1, D): E_k at each Row.budgets, then E (nested training)
+    budget_embeddings: torch.Tensor | None = None  # (B, len(Row.budgets) + 1, D): E_k per budget, then E (nested)
 
 
 class TTEFlashModel(torch.nn.Module):

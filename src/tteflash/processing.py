@@ -323,8 +323,11 @@ class Processor:
         for b, r in enumerate(rows):
             if r.think > len(self._think_ids):
                 raise ValueError(f"{r.think} think tokens requested; the tokenizer has {len(self._think_ids)}")
-            if any(not 0 < k < r.think for k in r.budgets) or (r.cot_think is not None and not 0 < r.cot_think <= r.think):
-                raise ValueError(f"think budgets {r.budgets} / CoT budget {r.cot_think} must lie in 1..{r.think}")
+            if any(not 0 < k < r.think for k in r.budgets) or len(set(r.budgets)) < len(r.budgets):
+                raise ValueError(f"budgets {r.budgets}: each must be a distinct number of think tokens in 1..{r.think - 1} "
+                                 "(E reads all of them)")
+            if r.cot_think is not None and not 0 < r.cot_think <= r.think:
+                raise ValueError(f"the CoT branch cannot read {r.cot_think} of {r.think} think tokens")
             s, ro = list(r.prompt), [0] * len(r.prompt)
             if r.inline_cot is not None:
                 s.append(self.cot_start); ro.append(1)
@@ -372,8 +375,8 @@ class Processor:
             slot = position_ids.gather(2, think_col.gather(1, reads_up_to)[None].expand(3, -1, -1)) + 1
             step = (branch.long().cumsum(-1) - 1).clamp(min=0) * branch  # the branch's tokens follow one another
             position_ids = torch.where(after_think[None], slot + step[None], position_ids)
-        # attention: causal among valid tokens; branch and budget E tokens never see E (or each other),
-        # nor think tokens past their budget; the branch sees the prompt only on request.
+        # attention: causal among valid tokens; neither the branch nor a budget token sees E or a budget token
+        # (each sees itself), nor think tokens past its budget; the branch sees the prompt only on request.
         allowed = torch.ones(L, L, dtype=torch.bool).tril()[None] & valid[:, None, :] & valid[:, :, None]
         hidden = (role == 3) | (role == 5)
         allowed &= ~(after_think[:, :, None] & hidden[:, None, :])

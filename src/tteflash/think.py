@@ -1,11 +1,11 @@
 """How think-token states are computed, beyond the plain parallel pass.
 
-The layout ([query][T_1..T_K][E][CoT branch], mask, positions) is built in `processing.build_batch`;
-this file changes only what flows through the think positions of that same layout:
+The layout ([query][T_1..T_K][E][budget tokens E_k][CoT branch], mask, positions) is built in
+`processing.build_batch`; this file changes only what flows through the think positions of that layout:
 
 - recurrent think mode (Coconut-style): the input at think position i is the last hidden state of the
   position before it, not a learned embedding. One KV cache: the prompts once, then one column per think
-  token, then the rest of the layout (E, CoT branch).
+  token, then the rest of the layout (E, budget tokens, CoT branch).
 - detached think states: the think positions' states are cut from the gradient at every layer, so a
   loss read at E (the contrastive one) trains the weights through the query and E only.
 
@@ -63,7 +63,8 @@ def _cache_kwarg(model_class) -> str:
 
 def recurrent_pass(vlm, batch, *, detach: bool = False, layer: torch.nn.Module | None = None):
     """Recurrent (Coconut-style) think tokens over one KV cache: a pass over the prompts, then K one-column
-    steps, each fed the last hidden state of the column before it, then a pass over the rest (E, CoT branch).
+    steps, each fed the last hidden state of the column before it, then a pass over the rest (E, budget
+    tokens, CoT branch).
 
     Rows are first shifted so that their think tokens share columns (prompts padded on the left); the
     layout's mask and positions travel with the tokens, so attention is that of the batch's own layout.

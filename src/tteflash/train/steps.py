@@ -55,13 +55,14 @@ def query_passes(model, examples, cfg: TrainConfig, step: int) -> list[QueryPass
     train_cot = cfg.cot_weight > 0
     if cfg.schedule != "joint" and not (think and train_cot):
         raise ValueError(f"schedule {cfg.schedule!r} needs think tokens and a CoT loss (cot_weight > 0)")
-    # every budget from one pass: all K think tokens laid out, E read at each budget, the CoT at the drawn one
+    # Nested, every budget: a pass read for embeddings lays out all K think tokens and reads E at each budget,
+    # its CoT branch at the drawn one (`think`); a pass without embeddings needs the drawn budget's tokens only.
     every = cfg.nested_think and cfg.nested_every_budget and k_max > 0
     budgets = tuple(cfg.nested_budgets(k_max)[:-1]) if every else ()
 
     def rows(with_cot: bool, cot_in_prompt: bool = False, emb: bool = True) -> LazyRows:
-        """emb: the pass's query embeddings are read (at every budget, with `every`)."""
-        layout = dict(think=k_max, budgets=budgets if emb else (), cot_think=think) if every else dict(think=think)
+        """emb: the pass's query embeddings are read."""
+        layout = dict(think=k_max, budgets=budgets, cot_think=think) if every and emb else dict(think=think)
 
         def build(i: int) -> Row:
             ex = examples[i]
@@ -190,15 +191,17 @@ def contrastive_step(model, examples, cfg: TrainConfig, step: int = 0) -> dict:
         docs = forward_by_length(model, d_rows[:]).embeddings
         con = objective = query_info_nce(q_emb, docs, keys, positive, cfg.temperature)
         if oracle is not None:
-            q_emb = q_emb if q_emb.dim() == 2 else q_emb[:, -1]  # distilled at the full budget
             if world()[1] > 1:
                 raise ValueError("distill_weight runs in one process (its loss is not reduced across ranks)")
             # The oracle view learns to embed like the explicit-CoT oracle; the query's embedding follows it.
             extra["oracle_contrastive"] = global_info_nce(oracle, docs, keys, positive, cfg.temperature)
-            extra["distill"] = distill_loss(q_emb, oracle.detach(), docs, cfg.temperature)
+            teacher = oracle.detach()
+            if q_emb.dim() == 3:  # nested budgets: every budget learns the oracle view's ranking
+                teacher, q_emb = teacher.repeat_interleave(q_emb.shape[1], 0), q_emb.flatten(0, 1)
+            extra["distill"] = distill_loss(q_emb, teacher, docs, cfg.temperature)
             objective = con + extra["oracle_contrastive"] + cfg.distill_weight * extra["distill"]
     n_cot = 0 if cot is None else cot.numel()
     losses = step_losses(objective, None if cot is None else cot.mean(), n_cot, cot_weight(cfg, step))
-    if extra:  # "contrastive" stays the query embeddings' own InfoNCE, comparable across methods
+    if extra:  # "contrastive" stays the query embeddings' own InfoNCE (the mean over nested budgets)
         losses.update(contrastive=con, **extra)
     return losses

@@ -59,8 +59,9 @@ class TrainConfig:
     """Weight of a distillation loss (CODI-style; 0 = off, the paper's method): each query, embedded after its
     think tokens, learns the ranking of the step's targets that the same model gives it with its gold CoT
     written in before the think tokens (the explicit-CoT oracle's view): KL between the two softmax
-    distributions, no gradient into the oracle side. The oracle view is a second query pass, itself trained
-    with the contrastive loss; inference is unchanged (one pass, no CoT). Not with GradCache or several
+    distributions, no gradient into the oracle side (with nested budgets, every budget's embedding). The oracle
+    view is a second query pass, itself trained with the contrastive loss; inference is unchanged (one pass,
+    no CoT). Not with GradCache or several
     processes."""
     staged_cot_fraction: float = 0.3
     """Share of the steps trained on the CoT loss alone under the `staged` schedule."""
@@ -120,7 +121,8 @@ class TrainConfig:
         return self.schedule == "staged" and step < int(self.staged_cot_fraction * self.steps)
 
     def think_budget(self, step: int, k_max: int) -> int:
-        """Think tokens used at this step: k_max, or a nested budget drawn from the step's own seed."""
+        """k_max, or a nested budget drawn from the step's own seed: the think tokens the step's CoT branch reads
+        (and, with nested_every_budget off, the only budget its embeddings are read at)."""
         if not self.nested_think or k_max == 0:
             return k_max
         return random.Random(f"{self.seed}/nested/{step}").choice(self.nested_budgets(k_max))
