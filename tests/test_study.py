@@ -134,3 +134,23 @@ def test_conclusions_need_three_seeds_and_a_gap_beyond_the_spread():
     assert "+5.0 points; larger than the seed spread of 4.0" in c[0] and c[1].endswith("is met.")
     _, c = S.summarise(lucky, candidates=["tte_flash_k8"])
     assert c[0].startswith("Best TTE-Flash setting named in main (tte_flash_k8) tte_flash_k8:") and c[1].endswith("is not met.")
+
+
+def test_conclusions_compare_the_nested_model_with_fixed_k():
+    def at(name, mode, k, values):
+        return [{**_entry(name, s, v, mode), "k": k} for s, v in enumerate(values)]
+
+    entries = at("no_think", None, 0, [0.20, 0.20]) + at("tte_flash_k2", "parallel", 2, [0.25, 0.23])
+    entries += at("tte_flash_k8", "parallel", 8, [0.22, 0.22])
+    entries += at("tte_flash_nested_k2", "nested", 2, [0.235, 0.235]) + at("tte_flash_nested_k8", "nested", 8, [0.20, 0.22])
+    entries += at("tte_flash_nested_k1", "nested", 1, [0.30, 0.30])  # no fixed K=1 run: not compared
+    _, c = S.summarise(entries)
+    assert c[-1] == ("Nested checkpoint minus fixed-K parallel models, overall hit@1: K=2 -0.5 (2 vs 2 seeds); "
+                     "K=8 -1.0 (2 vs 2 seeds). Within 1 point of fixed K, or above it, at every K with 3 seeds of "
+                     "both: not judged (no K with 3 seeds of both).")
+    entries += [{**e, "seed": 2, "overall": dict(e["overall"])} for e in entries if e["seed"] == 1]  # = seed 1
+    entries[-2]["overall"]["hit@1"] = 0.20  # nested K=8 seeds 0.20, 0.22, 0.20 against 0.22: -1.3
+    assert S.summarise(entries)[1][-1].endswith("K=8 -1.3 (3 vs 3 seeds). Within 1 point of fixed K, or above "
+                                                "it, at every K with 3 seeds of both: no.")
+    entries[-2]["overall"]["hit@1"] = 0.22  # -0.7
+    assert S.summarise(entries)[1][-1].endswith("at every K with 3 seeds of both: yes.")

@@ -186,6 +186,15 @@ def summarise(entries: list[dict], candidates: list[str] | None = None) -> tuple
                 f"{len(names[best])} vs {len(baseline)} seeds).")
             met = diff >= 5 - 1e-9 and diff > spread and n_seeds >= 3  # 5.00 exactly counts despite float sums
             conclusions.append("The >= 5-point target over no-think (3 seeds, beyond the spread) is " + ("met." if met else "not met."))
+    nested = {p["k"]: p for p in scaling if p["mode"] == "nested" and p["k"]}
+    fixed = {p["k"]: p for p in scaling if p["mode"] == "parallel" and p["k"]}
+    diffs = {k: 100 * (nested[k]["hit@1_mean"] - fixed[k]["hit@1_mean"]) for k in sorted(nested) if k in fixed}
+    if diffs:
+        parts = [f"K={k} {d:+.1f} ({nested[k]['n_seeds']} vs {fixed[k]['n_seeds']} seeds)" for k, d in diffs.items()]
+        judged = [d for k, d in diffs.items() if min(nested[k]["n_seeds"], fixed[k]["n_seeds"]) >= 3]
+        verdict = ("yes." if min(judged) >= -1 else "no.") if judged else "not judged (no K with 3 seeds of both)."
+        conclusions.append("Nested checkpoint minus fixed-K parallel models, overall hit@1: " + "; ".join(parts) +
+                           ". Within 1 point of fixed K, or above it, at every K with 3 seeds of both: " + verdict)
     return scaling, conclusions
 
 
