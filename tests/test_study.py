@@ -142,7 +142,8 @@ def test_conclusions_compare_the_nested_model_with_fixed_k():
 
     entries = at("no_think", None, 0, [0.20, 0.20]) + at("tte_flash_k2", "parallel", 2, [0.25, 0.23])
     entries += at("tte_flash_k8", "parallel", 8, [0.22, 0.22])
-    entries += at("tte_flash_nested_k2", "nested", 2, [0.235, 0.235]) + at("tte_flash_nested_k8", "nested", 8, [0.20, 0.22])
+    entries += at("tte_flash_nested_k2", "nested", 2, [0.235, 0.235])
+    entries += at("tte_flash_nested_k8", "nested", 8, [0.20, 0.22])
     entries += at("tte_flash_nested_k1", "nested", 1, [0.30, 0.30])  # no fixed K=1 run: not compared
     _, c = S.summarise(entries)
     assert c[-1] == ("Nested checkpoint minus fixed-K parallel models, overall hit@1: K=2 -0.5 (2 vs 2 seeds); "

@@ -324,8 +324,8 @@ class Processor:
             if r.think > len(self._think_ids):
                 raise ValueError(f"{r.think} think tokens requested; the tokenizer has {len(self._think_ids)}")
             if any(not 0 < k < r.think for k in r.budgets) or len(set(r.budgets)) < len(r.budgets):
-                raise ValueError(f"budgets {r.budgets}: each must be a distinct number of think tokens in 1..{r.think - 1} "
-                                 "(E reads all of them)")
+                raise ValueError(f"budgets {r.budgets}: each must be a distinct number of think tokens in "
+                                 f"1..{r.think - 1} (E reads all of them)")
             if r.cot_think is not None and not 0 < r.cot_think <= r.think:
                 raise ValueError(f"the CoT branch cannot read {r.cot_think} of {r.think} think tokens")
             s, ro = list(r.prompt), [0] * len(r.prompt)
@@ -400,7 +400,8 @@ class Processor:
         pvv, vg = cat(VIDEO)
         cp = torch.tensor(cot_predict, dtype=torch.long).reshape(-1, 2)
         n_budgets = max(len(i) for i in budget_index)
-        budgets = torch.tensor([i + [-1] * (n_budgets - len(i)) for i in budget_index], dtype=torch.long).reshape(B, n_budgets)
+        budgets = torch.tensor([i + [-1] * (n_budgets - len(i)) for i in budget_index], dtype=torch.long)
+        budgets = budgets.reshape(B, n_budgets)  # (B, 0) when no row has budget tokens
         return Batch(input_ids, type_ids, mask, position_ids, pv, ig, pvv, vg, torch.tensor(embed_index), budgets,
                      torch.tensor([len(s) - 1 for s in seqs]), cp, torch.tensor(cot_labels, dtype=torch.long),
                      torch.tensor(cot_rows, dtype=torch.long), role == 2, valid.long(),

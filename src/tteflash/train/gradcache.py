@@ -15,8 +15,8 @@ for every schedule and nested think budget, in one process and under DDP (no gra
 until the last chunk; one forward per chunk, so DDP can search a backward for unused parameters). Memory
 holds one chunk's activations and inputs (rows are built per chunk: `steps.LazyRows`) plus (B + M)
 embeddings (B times the budgets with nested budgets); the price is a second forward (and input
-preprocessing) of every row, the first without a graph (on CPU with the small model, 1.1-1.5x the plain step's time at batch 64-256,
-benchmarks/train_step.py).
+preprocessing) of every row, the first without a graph (on CPU with the small model, 1.1-1.5x the plain
+step's time at batch 64-256, benchmarks/train_step.py).
 Enabled with `TrainConfig.grad_cache_chunk` (train() then calls `grad_cache_step`).
 """
 from __future__ import annotations
