@@ -7,7 +7,7 @@ import pytest
 
 from tteflash.cli import main as cli
 from tteflash.data import bench
-from tteflash.train.demo import METHODS, run_demo
+from tteflash.train.demo import METHODS, readouts, run_demo
 from tteflash.train.trainer import TrainConfig
 
 
@@ -133,3 +133,10 @@ def test_runs_of_another_base_at_the_same_path_are_not_reused(tiny_base, tmp_pat
     weights.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="holds a run trained with other or unrecorded settings"):
         _load_if_same(str(done), _trained_with("no_think", str(base), cfg, None), cfg)
+
+
+def test_every_explicit_cot_configuration_gets_its_oracle_read_out():
+    assert readouts("explicit_cot") == {"explicit_cot": {}, "explicit_cot_oracle": {"gold_cot": True}}
+    assert readouts("explicit_cot_t01")["explicit_cot_t01_oracle"] == {"gold_cot": True}
+    assert set(readouts("tte_flash_nested", [1, 2])) == {"tte_flash_nested", "tte_flash_nested@1", "tte_flash_nested@2"}
+    assert not any(k.endswith("_oracle") for k in readouts("no_think"))

@@ -156,11 +156,11 @@ def run_in_parallel(jobs: list[dict], workers: int | None = None, device: str = 
 
 def readouts(name: str, eval_think: list[int] | None = None) -> dict[str, dict]:
     """The result entries of one trained configuration, each with its evaluate() settings: the model as
-    trained, `name@k` at other think budgets (nested-budget models), and for explicit CoT its oracle (the
-    same model, gold CoT at test time)."""
+    trained, `name@k` at other think budgets (nested-budget models), and for explicit CoT (a name starting
+    with `explicit_cot`) its oracle `name_oracle` (the same model, gold CoT at test time)."""
     out = {name: {}, **{f"{name}@{k}": {"think_tokens": k} for k in eval_think or []}}
-    if name == "explicit_cot":
-        out["explicit_cot_oracle"] = {"gold_cot": True}
+    if name.startswith("explicit_cot"):
+        out[f"{name}_oracle"] = {"gold_cot": True}
     return out
 
 
@@ -206,7 +206,7 @@ def run_method(name: str, base: str, out: str, cfg: TrainConfig, test, groups, p
     result = {}
     pools = encode_pools(model, test)  # the targets, shared by this model's read-outs
     for key, how in readouts(name, eval_think).items():
-        kept = info if key != "explicit_cot_oracle" else {k: v for k, v in info.items() if not k.startswith("cot_loss")}
+        kept = {k: v for k, v in info.items() if not (how.get("gold_cot") and k.startswith("cot_loss"))}
         result[key] = {**evaluate(model, test, groups, pools=pools, **how), **kept}
     write_atomic(done, json.dumps({**result, "trained_with": trained_with}, indent=2))
     return result
