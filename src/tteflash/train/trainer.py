@@ -61,8 +61,7 @@ class TrainConfig:
     written in before the think tokens (the explicit-CoT oracle's view): KL between the two softmax
     distributions, no gradient into the oracle side (with nested budgets, every budget's embedding). The oracle
     view is a second query pass, itself trained with the contrastive loss; inference is unchanged (one pass,
-    no CoT). Not with GradCache or several
-    processes."""
+    no CoT). Not with GradCache or several processes."""
     staged_cot_fraction: float = 0.3
     """Share of the steps trained on the CoT loss alone under the `staged` schedule."""
     nested_think: bool = False
