@@ -26,9 +26,9 @@ def test_base_recipe_aligns_to_full_captions_unless_asked_for_partial_ones():
     from tteflash.train.trainer import TrainConfig
 
     cfg = TrainConfig(batch_size=16)
-    full, _, _ = base_examples(900, cfg, curriculum_steps=1000)
+    full, _, _, _ = base_examples(900, cfg, curriculum_steps=1000)
     assert all(align == caption for _, caption, align in full)
-    partial, _, _ = base_examples(900, cfg, curriculum_steps=1000, partial_captions=True)
+    partial, _, _, _ = base_examples(900, cfg, curriculum_steps=1000, partial_captions=True)
     assert any(align != caption for _, caption, align in partial)
     assert all(set(align.split(" , ")) <= set(caption.split(" , ")) for _, caption, align in partial)
 
@@ -37,7 +37,7 @@ def test_reasoning_stage_data_is_training_queries_with_their_gold_cot():
     from tteflash.train.base import base_examples
     from tteflash.train.trainer import TrainConfig
 
-    _, _, reasoned = base_examples(3, TrainConfig(batch_size=8), curriculum_steps=0, reasoning=5)
+    _, _, reasoned, _ = base_examples(3, TrainConfig(batch_size=8), curriculum_steps=0, reasoning=5)
     assert len(reasoned) == 5
     for query, cot in reasoned:
         assert set(query) <= {"text", "image", "video"} and cot.split(" . ")[-1]
@@ -47,18 +47,34 @@ def test_reasoning_stage_data_is_training_queries_with_their_gold_cot():
     assert [c for _, c in again] == [c for _, c in reasoned]
 
 
-def test_reasoning_stage_starts_from_a_saved_stage_one(tiny_base, tmp_path):
-    from tteflash.model import TTEFlashModel
-    from tteflash.train.base import build_base
+def test_latent_reasoning_rows_train_the_think_tokens_to_carry_the_cot(tiny_base):
+    """--latent-rows: stage-2 rows [query][T_1..T_k] whose gold CoT is decoded from the think tokens alone
+    (TTE-Flash's CoT branch). Their loss reaches the think positions' inputs; without them none are laid out."""
+    import torch
 
-    from conftest import TINY
-    stage1 = str(tmp_path / "s1")
-    first = build_base(stage1, steps=2, reasoning_steps=0, progress=False, **TINY)
-    assert first["reasoning_stage"] is None
-    info = build_base(str(tmp_path / "b"), reasoning_steps=1, perception=stage1, progress=False)
-    assert info["perception_stage"]["from"] == stage1 and info["perception_stage"]["steps"] == 2
-    assert info["reasoning_stage"]["steps"] == 1
-    TTEFlashModel.from_pretrained(str(tmp_path / "b"))
-    # a base that already reasons is not a stage 1: a second stage 2 on it would be recorded as one stage
-    with pytest.raises(ValueError, match="already has a reasoning stage"):
-        build_base(str(tmp_path / "c"), reasoning_steps=1, perception=tiny_base, progress=False)
+    from tteflash.model import TTEFlashModel
+    from tteflash.train.base import LATENT_BUDGETS, base_examples, perception_step
+    from tteflash.train.trainer import TrainConfig
+
+    cfg = TrainConfig(batch_size=4)
+    data = base_examples(5, cfg, curriculum_steps=0, reasoning=2, latent=6)
+    assert len(data[3]) == 6 and all(k in LATENT_BUDGETS for _, _, k in data[3])
+    assert [c for _, c, _ in data[3]] == [c for _, c, _ in base_examples(5, cfg, 0, reasoning=2, latent=6)[3]]
+    assert base_examples(5, cfg, 0, reasoning=2)[2] == data[2]  # explicit rows unchanged by adding latent ones
+    model = TTEFlashModel.from_pretrained(tiny_base)
+    think_ids = torch.tensor(model.processor._think_ids)
+    seen = []  # (input ids, input embeddings) of every backbone call
+
+    def keep(module, args, out):
+        out.retain_grad()
+        seen.append((args[0], out))
+    model.vlm.get_input_embeddings().register_forward_hook(keep)
+    think_grad = {}
+    for name, latent in (("explicit only", []), ("with latent", data[3])):
+        seen.clear()
+        perception_step(model, data[:3] + [latent], cfg)["loss"].backward()
+        at_think = [(out.grad[torch.isin(ids, think_ids)]) for ids, out in seen]
+        think_grad[name] = sum(g.abs().sum().item() for g in at_think), sum(len(g) for g in at_think)
+    assert think_grad["explicit only"] == (0, 0)
+    grad, positions = think_grad["with latent"]
+    assert positions == sum(k for _, _, k in data[3]) and grad > 0

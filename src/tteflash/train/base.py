@@ -43,10 +43,11 @@ DESCRIBE = "describe"
 
 
 def base_examples(step: int, cfg: TrainConfig, curriculum_steps: int, partial_captions: bool = False,
-                  reasoning: int = 0) -> list:
+                  reasoning: int = 0, latent: int = 0) -> list:
     """Perception pairs for one step: the number of objects per scene grows 1 -> 9 over the curriculum.
     Each pair is (input, caption, alignment text): the caption, or with partial_captions half of the time
-    a partial one. `reasoning`: that many (training query, gold CoT) pairs, the reasoner's SFT."""
+    a partial one. `reasoning`: that many (training query, gold CoT) pairs, the reasoner's SFT; `latent`:
+    that many (training query, gold CoT, think budget k) triples, the latent reasoner's."""
     rng = random.Random(f"base/{cfg.seed}/{step}")
     max_objects = min(9, 1 + int(8 * step / max(1, curriculum_steps)))
     kinds = rng.choices(list(KIND_WEIGHTS), weights=list(KIND_WEIGHTS.values()), k=cfg.batch_size)
@@ -61,7 +62,11 @@ def base_examples(step: int, cfg: TrainConfig, curriculum_steps: int, partial_ca
     for _ in range(reasoning):
         ex = bench.make_example(rng.choice(bench.TASK_NAMES), "train", rng.randrange(10**8))
         reasoned.append((ex.query, ex.cot))
-    return [pairs, texts, reasoned]
+    latent_rows = []
+    for _ in range(latent):
+        ex = bench.make_example(rng.choice(bench.TASK_NAMES), "train", rng.randrange(10**8))
+        latent_rows.append((ex.query, ex.cot, rng.choice(LATENT_BUDGETS)))
+    return [pairs, texts, reasoned, latent_rows]
 
 
 def partial_caption(caption: str, rng: random.Random) -> str:
@@ -74,7 +79,7 @@ def partial_caption(caption: str, rng: random.Random) -> str:
 
 
 def perception_step(model, data, cfg: TrainConfig, step: int = 0) -> dict:
-    pairs, texts, reasoned = data
+    pairs, texts, reasoned, latent = data
     p = model.processor
     caption_rows, image_rows, text_rows, keys = [], [], [], []
     describe = p.text_ids(DESCRIBE, "base prompt")
@@ -93,6 +98,9 @@ def perception_step(model, data, cfg: TrainConfig, step: int = 0) -> dict:
     for query, cot in reasoned:  # the explicit-CoT layout: [query]<|cot|> CoT <|/cot|>
         r = p.prompt_row(query, "base query")
         lm_rows.append(Row(r.prompt, r.prompt_types, r.pixels, inline_cot=p.cot_ids(cot), embed=False))
+    for query, cot, k in latent:  # TTE-Flash's CoT branch: [query][T_1..T_k], the CoT decoded from T_1..T_k alone
+        r = p.prompt_row(query, "base query")
+        lm_rows.append(Row(r.prompt, r.prompt_types, r.pixels, think=k, branch_cot=p.cot_ids(cot), embed=False))
     out = forward_by_length(model, caption_rows + lm_rows + image_rows + text_rows)  # rows of every length
     n0 = len(caption_rows) + len(lm_rows)
     n = len(image_rows)
@@ -118,6 +126,7 @@ BASE_VOCAB_SIZE = 640  # BPE target; the bench corpus yields fewer merges (545 t
 
 
 REASONING_ROWS = 32  # (query, gold CoT) rows per reasoning step, beside 16 perception pairs
+LATENT_BUDGETS = (1, 2, 4, 8, 16)  # think budgets of the latent reasoning rows, one drawn per row
 
 
 def _perception_stage(out: str, steps: int, seed: int, device: str, lr: float, partial_captions: bool,
@@ -136,7 +145,8 @@ def _perception_stage(out: str, steps: int, seed: int, device: str, lr: float, p
                    "wall_seconds": time.time() - t0, "history_last": state["history"][-1]}
 
 
-def _reasoning_stage(model: TTEFlashModel, out: str, steps: int, seed: int, progress: bool) -> dict:
+def _reasoning_stage(model: TTEFlashModel, out: str, steps: int, seed: int, progress: bool,
+                     latent_rows: int = 0) -> dict:
     """Stage 2, the reasoner's SFT (as TTE fine-tunes its reasoner before any embedding training): write the
     gold CoT after training-split queries ([query]<|cot|> CoT, the explicit-CoT layout; no candidates),
     while perception and alignment go on at half the batch so they are not forgotten."""
@@ -144,15 +154,17 @@ def _reasoning_stage(model: TTEFlashModel, out: str, steps: int, seed: int, prog
     cfg = TrainConfig(steps=steps, batch_size=16, lr=1e-3, warmup_steps=20, temperature=0.07, cot_weight=1.0,
                       freeze_vision=False, checkpoint_every=100, log_every=25, seed=seed + 1)
     state = train(model, cfg, out + ".work-reasoning",
-                  lambda s: base_examples(s, cfg, 0, reasoning=REASONING_ROWS), step_fn=perception_step,
+                  lambda s: base_examples(s, cfg, 0, reasoning=REASONING_ROWS, latent=latent_rows),
+                  step_fn=perception_step,
                   progress=progress, desc="base: reasoning")
-    return {"steps": steps, "rows_per_step": REASONING_ROWS, "train_seconds": state["train_seconds"],
+    return {"steps": steps, "rows_per_step": REASONING_ROWS, "latent_rows_per_step": latent_rows,
+            "train_seconds": state["train_seconds"],
             "wall_seconds": time.time() - t0, "history_last": state["history"][-1]}
 
 
 def build_base(out: str, steps: int = 2000, reasoning_steps: int = 400, seed: int = 0, progress: bool = True,
                device: str = "cpu", lr: float = 1.5e-3, partial_captions: bool = False,
-               perception: str | None = None, **backbone_kwargs) -> dict:
+               perception: str | None = None, latent_rows: int = 0, **backbone_kwargs) -> dict:
     """Train and save the base; `backbone_kwargs` go to build_tiny_backbone (default: 256 hidden, 4 layers).
 
     perception: a saved stage-1 checkpoint (a base built without the reasoning stage) to start stage 2 from,
@@ -170,7 +182,7 @@ def build_base(out: str, steps: int = 2000, reasoning_steps: int = 400, seed: in
         stage1["from"] = perception
     else:
         model, stage1 = _perception_stage(out, steps, seed, device, lr, partial_captions, progress, **backbone_kwargs)
-    stage2 = _reasoning_stage(model, out, reasoning_steps, seed, progress) if reasoning_steps else None
+    stage2 = _reasoning_stage(model, out, reasoning_steps, seed, progress, latent_rows) if reasoning_steps else None
     stages = [stage1] + ([stage2] if stage2 else [])
     info = {"perception_stage": stage1, "reasoning_stage": stage2,
             "train_seconds": sum(s["train_seconds"] for s in stages),
@@ -193,6 +205,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--out", default="checkpoints/base")
     ap.add_argument("--steps", type=int, default=2000, help="stage-1 optimizer steps (2,000: 36 minutes on 2 cores)")
     ap.add_argument("--reasoning-steps", type=int, default=400, help="stage-2 (reasoner SFT) steps; 0 skips it")
+    ap.add_argument("--latent-rows", type=int, default=0,
+                    help="stage-2 rows per step that decode the gold CoT from think tokens alone (TTE-Flash's CoT branch)")
     ap.add_argument("--perception", default=None, help="start from this stage-1 checkpoint instead of training stage 1")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -202,7 +216,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 def from_arguments(a: argparse.Namespace) -> dict:
     return build_base(a.out, a.steps, a.reasoning_steps, a.seed, device=a.device,
-                      partial_captions=a.partial_captions, perception=a.perception)
+                      partial_captions=a.partial_captions, perception=a.perception,
+                      latent_rows=a.latent_rows)
 
 
 def main(argv=None):
