@@ -163,6 +163,15 @@ def test_cot_examples():
     assert ex.cot.endswith(f"count {ex.meta['facts'][ex.target]}")
 
 
+def test_answer_first_moves_the_answer_fact_to_the_front():
+    assert B.answer_first("digits 4 6 . 4 plus 6 is 10") == "4 plus 6 is 10 . digits 4 6"
+    assert B.answer_first("a . b . c") == "c . a . b"
+    assert B.answer_first("count 3") == "count 3"  # one fact: unchanged
+    for ex in B.load_split("val", 2):
+        facts = ex.cot.split(B.FACT_SEPARATOR)
+        assert B.answer_first(ex.cot).split(B.FACT_SEPARATOR) == [facts[-1], *facts[:-1]], ex.task
+
+
 def test_load_split_and_stream():
     xs = B.load_split("val", 2)
     assert [x.task for x in xs] == [t for t in B.TASK_NAMES for _ in range(2)]

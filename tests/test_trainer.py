@@ -175,6 +175,17 @@ def test_forward_by_length_equals_one_forward(model8, train_examples):
     assert grouped.cot_loss.item() == pytest.approx(one.cot_loss.item(), rel=1e-5)
 
 
+def test_answer_first_cot_is_what_the_think_tokens_decode(model8, train_examples):
+    """answer_first_cot: the CoT branch is trained on the answer fact first; by default on the CoT as written."""
+    from tteflash.data.bench import answer_first
+    ex = next(e for e in train_examples if " . " in e.cot)
+    cot_ids = model8.processor.cot_ids
+    for flag, cot in [(False, ex.cot), (True, answer_first(ex.cot))]:
+        (p,) = steps.query_passes(model8, [ex], TrainConfig(answer_first_cot=flag), 0)
+        assert p.rows[:][0].branch_cot == cot_ids(cot)
+    assert answer_first(ex.cot) != ex.cot
+
+
 def test_contrastive_step_deduplicates_targets(model8, train_examples, no_grad_leak, monkeypatch,
                                                 one_forward_per_pass):
     """Two copies of an example: one target row, shared by both queries, never its own negative."""

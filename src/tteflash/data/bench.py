@@ -414,6 +414,17 @@ assert list(_BUILDERS) == TASK_NAMES
 # ---------------------------------------------------------------------------------------------
 # Public API.
 
+FACT_SEPARATOR = " . "  # between the facts of a gold CoT
+
+
+def answer_first(cot: str) -> str:
+    """The CoT with its last fact (the answer) moved to the front. Decoded from think tokens alone, its first
+    tokens must then come from the think tokens' states, not from the CoT branch reading the earlier facts
+    it was fed (teacher forcing lets the branch compute the answer itself). A CoT of one fact is unchanged."""
+    facts = cot.split(FACT_SEPARATOR)
+    return FACT_SEPARATOR.join(facts[-1:] + facts[:-1])
+
+
 def make_example(task: str, split: str, index: int) -> Example:
     """Deterministic: the same (task, split, index) always yields the same texts and pixels."""
     if task not in _BUILDERS:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from ..data.bench import answer_first
 from ..model import Output
 from ..processing import Row
 from .distributed import global_info_nce, step_losses, world
@@ -66,7 +67,8 @@ def query_passes(model, examples, cfg: TrainConfig, step: int) -> list[QueryPass
 
         def build(i: int) -> Row:
             ex = examples[i]
-            return model.query_row(ex.query, f"{ex.task} query", cot=ex.cot, train_cot=with_cot,
+            cot = answer_first(ex.cot) if cfg.answer_first_cot else ex.cot
+            return model.query_row(ex.query, f"{ex.task} query", cot=cot, train_cot=with_cot,
                                    cot_in_prompt=cot_in_prompt, **layout)
         return LazyRows(build, len(examples))
 

@@ -62,6 +62,9 @@ class TrainConfig:
     distributions, no gradient into the oracle side (with nested budgets, every budget's embedding). The oracle
     view is a second query pass, itself trained with the contrastive loss; inference is unchanged (one pass,
     no CoT). Not with GradCache or several processes."""
+    answer_first_cot: bool = False
+    """Train the CoT loss on the gold CoT with its answer fact first (`bench.answer_first`), so that the answer
+    is decoded from the think tokens before any fact the branch is fed. Off: the CoT as written."""
     staged_cot_fraction: float = 0.3
     """Share of the steps trained on the CoT loss alone under the `staged` schedule."""
     nested_think: bool = False
