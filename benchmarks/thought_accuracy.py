@@ -22,11 +22,13 @@ def main() -> None:
     ap.add_argument("models", nargs="+", help="model directories (save_pretrained output)")
     ap.add_argument("--n", type=int, default=30, help="test queries per task")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--answer-first", action="store_true",
+                    help="the models were trained on answer-first CoTs (TrainConfig.answer_first_cot)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     for path in a.models:
         t0 = time.time()
-        result = thought_accuracy(TTEFlashModel.from_pretrained(path).eval(), a.n)
+        result = thought_accuracy(TTEFlashModel.from_pretrained(path).eval(), a.n, answer_first=a.answer_first)
         print(json.dumps({"model": path, "n_per_task": a.n, "seconds": round(time.time() - t0, 1), **result}), flush=True)
 
 
