@@ -168,7 +168,8 @@ def build_base(out: str, steps: int = 2000, reasoning_steps: int = 400, seed: in
     """Train and save the base; `backbone_kwargs` go to build_tiny_backbone (default: 256 hidden, 4 layers).
 
     perception: a saved stage-1 checkpoint (a base built without the reasoning stage) to start stage 2 from,
-    instead of training stage 1 again. Killed runs resume within the stage they were in."""
+    instead of training stage 1 again. latent_rows: stage-2 rows per step that also train TTE-Flash's CoT
+    branch (the gold CoT decoded from k think tokens alone). Killed runs resume within the stage they were in."""
     t0 = time.time()
     if perception:
         model = TTEFlashModel.from_pretrained(perception, device=device)
