@@ -47,6 +47,23 @@ def test_reasoning_stage_data_is_training_queries_with_their_gold_cot():
     assert [c for _, c in again] == [c for _, c in reasoned]
 
 
+def test_reasoning_stage_starts_from_a_saved_stage_one(tiny_base, tmp_path):
+    from tteflash.model import TTEFlashModel
+    from tteflash.train.base import build_base
+
+    from conftest import TINY
+    stage1 = str(tmp_path / "s1")
+    first = build_base(stage1, steps=2, reasoning_steps=0, progress=False, **TINY)
+    assert first["reasoning_stage"] is None
+    info = build_base(str(tmp_path / "b"), reasoning_steps=1, perception=stage1, progress=False)
+    assert info["perception_stage"]["from"] == stage1 and info["perception_stage"]["steps"] == 2
+    assert info["reasoning_stage"]["steps"] == 1
+    TTEFlashModel.from_pretrained(str(tmp_path / "b"))
+    # a base that already reasons is not a stage 1: a second stage 2 on it would be recorded as one stage
+    with pytest.raises(ValueError, match="already has a reasoning stage"):
+        build_base(str(tmp_path / "c"), reasoning_steps=1, perception=tiny_base, progress=False)
+
+
 def test_latent_reasoning_rows_train_the_think_tokens_to_carry_the_cot(tiny_base):
     """--latent-rows: stage-2 rows [query][T_1..T_k] whose gold CoT is decoded from the think tokens alone
     (TTE-Flash's CoT branch). Their loss reaches the think positions' inputs; without them none are laid out."""
