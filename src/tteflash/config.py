@@ -48,8 +48,11 @@ THINK_MODES = ("parallel", "recurrent")
 class TTEFlashConfig:
     """Model-side settings, saved with a checkpoint as `tteflash_config.json`."""
 
-    think_tokens: int = 8
-    """K, the number of latent think tokens after the query; 0 is the no-think baseline."""
+    think_tokens: int = 2
+    """K, the number of latent think tokens after the query; 0 is the no-think baseline. 2 won the design
+    study (docs/results.md: 1.3-1.4 points above K=8 at 350 and 1,050 steps, +10.4 over no-think at 2,100);
+    the benchmark's CoTs are 10-20 tokens, and longer reasoning may want more (the paper reports quality
+    rising with K)."""
     think_mode: str = "parallel"
     """`parallel`: K learned think embeddings, one pass; `recurrent`: Coconut-style, each think input is the
     previous position's last hidden state (one KV cache: the prompt once, then K one-token steps)."""
