@@ -1,10 +1,18 @@
-"""Why does a base not read page values? Continue its training on pages alone for a few hundred steps,
-with and without the partial-caption alignment, and compare greedy page captions. (The recorded results,
-benchmarks/results/base_page_probe_cpu.jsonl, are of the earlier 3,200-step partial-caption base.)
+"""Why does a base not read page values? Two measurements on a checkpoint:
 
-    python benchmarks/base_page_probe.py --out runs/page_probe --steps 250
+1. A linear probe: do the vision tower's features of a page's value cell hold the value? (logistic
+   regression on the merged visual token of each row's value cell, fresh pages, held-out quarter) And does
+   the embedding hold them: a page's caption -> the page among it and 9 siblings (same items, other values).
+2. Continued training: perception alone for a few hundred steps at a low learning rate, with a choice of
+   perception kinds, then greedy captions of every kind (`perception_report`).
 
-Each variant runs in its own single-threaded process; one JSON line per variant (before / after).
+    python benchmarks/base_page_probe.py --base STAGE1 --variants page,scene,reading --steps 400 --probe
+
+Variants: a perception kind (`page`, `scene`, ...: that kind alone), `reading` (the base's reading-stage
+mix, READING_WEIGHTS), `partial` (pages only, half of them aligned to partial captions). Each runs in its own single-threaded process; one JSON line
+per variant. Recorded: benchmarks/results/base_page_probe_cpu.jsonl (the first two lines are of the earlier
+3,200-step partial-caption base and an earlier version of this script, which ran `partial` and `page` at
+lr 5e-4).
 """
 from __future__ import annotations
 
@@ -16,45 +24,97 @@ import random
 import time
 
 
-def _run(name: str, partial: bool, a) -> None:
+def value_probe(model, n_pages: int = 1000, seed: int = 0) -> dict:
+    """Held-out accuracy of linear probes on the visual tokens of a page: value cell -> value, word cells -> item."""
+    import numpy as np
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    from tteflash.data import bench, render
+
+    rng = random.Random(f"value-probe/{seed}")
+    visual = model.backbone.model.model.visual
+    cells, values, words, items = [], [], [], []
+    with torch.no_grad():
+        for _ in range(n_pages):
+            page = bench._page(rng)
+            pixels, thw = model.processor.vision.patchify([render.render_page(page)])
+            out = visual(pixels, grid_thw=torch.tensor([thw]))
+            feats = getattr(out, "pooler_output", out)  # merged tokens, row-major over 28-px cells
+            feats = feats.reshape(len(page), 4, -1)
+            for r, (item, value) in enumerate(page):
+                cells.append(feats[r, 3].numpy()), values.append(value)
+                words.append(feats[r, :3].reshape(-1).numpy()), items.append(item)
+    split = 3 * len(cells) // 4
+
+    def held_out(x, y):
+        x, y = np.asarray(x), np.asarray(y)
+        return float(LogisticRegression(max_iter=3000).fit(x[:split], y[:split]).score(x[split:], y[split:]))
+
+    return {"value_cell_to_value": held_out(cells, values), "word_cells_to_item": held_out(words, items)}
+
+
+def sibling_retrieval(model, n: int = 50, seed: int = 0) -> float:
+    """hit@1 of caption -> page among the page and 9 siblings (chance 0.1): do page embeddings hold values?"""
+    import torch
+
+    from tteflash.data import bench
+
+    rng = random.Random(f"sibling-retrieval/{seed}")
+    hits = 0
+    for _ in range(n):
+        page, caption = bench.perception_example("page", rng)
+        pool = [page] + [bench.page_sibling_example(caption, rng)[0] for _ in range(9)]
+        pages = model.encode(pool, role="document", convert_to_tensor=True)
+        hits += int(torch.argmax(pages @ model.encode([caption], role="document", convert_to_tensor=True)[0])) == 0
+    return hits / n
+
+
+def _run(name: str, a) -> None:
     import torch
     torch.set_num_threads(1)
     from tteflash.data import bench
     from tteflash.model import TTEFlashModel
-    from tteflash.train.base import partial_caption, perception_report, perception_step
+    from tteflash.train.base import READING_WEIGHTS, base_examples, partial_caption, perception_report, perception_step
     from tteflash.train.trainer import TrainConfig, train
 
     model = TTEFlashModel.from_pretrained(a.base)
-    before = perception_report(model, n=a.n_check)["page"]
+    record = {"variant": name, "base": a.base, "steps": a.steps, "lr": a.lr}
+    if a.probe:
+        record["vision_probe"] = value_probe(model)
+    record["before"] = {**perception_report(model, n=a.n_check), "page_among_siblings": sibling_retrieval(model)}
     cfg = TrainConfig(steps=a.steps, batch_size=32, lr=a.lr, warmup_steps=10, temperature=0.07, cot_weight=1.0,
                       freeze_vision=False, checkpoint_every=10**9, log_every=25, seed=0)
 
-    def pages(step: int) -> list:
+    def pages(step: int) -> list:  # `partial`: pages, half of them aligned to partial captions
         rng = random.Random(f"page-probe/{step}")
         pairs = []
         for _ in range(cfg.batch_size):
             inp, caption = bench.perception_example("page", rng)
-            pairs.append((inp, caption, partial_caption(caption, rng) if partial else caption))
-        return [pairs, [], []]
+            pairs.append((inp, caption, partial_caption(caption, rng)))
+        return [pairs, [], [], []]
 
+    weights = READING_WEIGHTS if name == "reading" else {name: 1.0}
+    data = pages if name == "partial" else (lambda s: base_examples(s, cfg, 0, kind_weights=weights))
     t = time.time()
-    state = train(model, cfg, os.path.join(a.out, name), pages, step_fn=perception_step, progress=False)
-    after = perception_report(model, n=a.n_check)["page"]
-    print(json.dumps({"variant": name, "partial_captions": partial, "steps": a.steps, "lr": a.lr,
-                      "page_before": before, "page_after": after, "last_log": state["history"][-1],
-                      "seconds": round(time.time() - t)}), flush=True)
+    state = train(model, cfg, os.path.join(a.out, name), data, step_fn=perception_step, progress=False)
+    record.update(after={**perception_report(model, n=a.n_check), "page_among_siblings": sibling_retrieval(model)},
+                  seconds=round(time.time() - t),
+                  caption_loss={h["step"]: round(h["generative"], 4) for h in state["history"]})
+    print(json.dumps(record), flush=True)
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="checkpoints/base")
     ap.add_argument("--out", default="runs/page_probe")
+    ap.add_argument("--variants", default="page,reading", help="comma-separated: a perception kind, reading, partial")
     ap.add_argument("--steps", type=int, default=250)
     ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--n-check", type=int, default=40, help="fresh pages captioned before and after")
+    ap.add_argument("--n-check", type=int, default=40, help="fresh images per kind captioned before and after")
+    ap.add_argument("--probe", action="store_true", help="also fit the linear probes on the vision features")
     a = ap.parse_args()
-    procs = [mp.get_context("spawn").Process(target=_run, args=(name, partial, a))
-             for name, partial in (("with_partial_captions", True), ("full_captions_only", False))]
+    procs = [mp.get_context("spawn").Process(target=_run, args=(name, a)) for name in a.variants.split(",")]
     for p in procs:
         p.start()
     for p in procs:

@@ -33,6 +33,43 @@ def test_base_recipe_aligns_to_full_captions_unless_asked_for_partial_ones():
     assert all(set(align.split(" , ")) <= set(caption.split(" , ")) for _, caption, align in partial)
 
 
+def test_reading_stage_draws_perception_kinds_by_its_weights():
+    from tteflash.data import bench
+    from tteflash.train.base import READING_WEIGHTS, base_examples
+    from tteflash.train.trainer import TrainConfig
+
+    assert set(READING_WEIGHTS) == set(bench.PERCEPTION_KINDS)
+    pairs = base_examples(7, TrainConfig(batch_size=64), 0, kind_weights={"page": 1.0})[0]
+    for inp, caption, _ in pairs:  # pages: three (item, value) rows
+        assert "image" in inp and [f.split()[0] in bench.ITEMS and f.split()[1].isdigit() for f in caption.split(" , ")] == [True] * 3
+    pairs = base_examples(7, TrainConfig(batch_size=64), 0, kind_weights={"video": 1.0})[0]
+    assert all("video" in inp for inp, _, _ in pairs)
+
+
+def test_page_siblings_differ_from_their_page_in_values_only():
+    """The reading stage aligns each page against a sibling: same items in the same order, other values."""
+    from tteflash.train.base import base_examples
+    from tteflash.train.trainer import TrainConfig
+
+    def rows(caption):
+        return [tuple(f.split()) for f in caption.split(" , ")]
+    cfg = TrainConfig(batch_size=16)
+    plain = base_examples(4, cfg, 0, kind_weights={"page": 0.5, "crop": 0.5})[0]
+    pairs = base_examples(4, cfg, 0, kind_weights={"page": 0.5, "crop": 0.5}, page_siblings=True)[0]
+    n_pages = sum(len(rows(c)) == 3 for _, c, _ in plain)
+    assert n_pages and len(pairs) == len(plain) + n_pages
+    i = 0
+    while i < len(pairs):
+        caption = pairs[i][1]
+        if len(rows(caption)) == 3:  # a page, then its sibling
+            page, sibling = rows(caption), rows(pairs[i + 1][1])
+            assert [item for item, _ in sibling] == [item for item, _ in page] and sibling != page
+            assert pairs[i + 1][2] == pairs[i + 1][1]  # aligned to its own full caption
+            i += 2
+        else:
+            i += 1
+
+
 def test_reasoning_stage_data_is_training_queries_with_their_gold_cot():
     from tteflash.train.base import base_examples
     from tteflash.train.trainer import TrainConfig
@@ -53,15 +90,20 @@ def test_reasoning_stage_starts_from_a_saved_stage_one(tiny_base, tmp_path):
 
     from conftest import TINY
     stage1 = str(tmp_path / "s1")
-    first = build_base(stage1, steps=2, reasoning_steps=0, progress=False, **TINY)
-    assert first["reasoning_stage"] is None
-    info = build_base(str(tmp_path / "b"), reasoning_steps=1, perception=stage1, progress=False)
+    first = build_base(stage1, steps=2, reading_steps=0, reasoning_steps=0, progress=False, **TINY)
+    assert first["reading_stage"] is None and first["reasoning_stage"] is None
+    info = build_base(str(tmp_path / "b"), reading_steps=1, reasoning_steps=1, perception=stage1, progress=False)
     assert info["perception_stage"]["from"] == stage1 and info["perception_stage"]["steps"] == 2
-    assert info["reasoning_stage"]["steps"] == 1
+    assert info["reading_stage"]["steps"] == 1 and info["reasoning_stage"]["steps"] == 1
     TTEFlashModel.from_pretrained(str(tmp_path / "b"))
-    # a base that already reasons is not a stage 1: a second stage 2 on it would be recorded as one stage
-    with pytest.raises(ValueError, match="already has a reasoning stage"):
-        build_base(str(tmp_path / "c"), reasoning_steps=1, perception=tiny_base, progress=False)
+    # a base trained past stage 1 is not a stage 1: its later stages would go unrecorded
+    for later in (tiny_base, str(tmp_path / "b")):
+        with pytest.raises(ValueError, match="trained past stage 1"):
+            build_base(str(tmp_path / "c"), reasoning_steps=1, perception=later, progress=False)
+    reading_only = str(tmp_path / "r")
+    build_base(reading_only, reading_steps=1, reasoning_steps=0, perception=stage1, progress=False)
+    with pytest.raises(ValueError, match="trained past stage 1"):
+        build_base(str(tmp_path / "c"), reasoning_steps=1, perception=reading_only, progress=False)
 
 
 def test_latent_reasoning_rows_train_the_think_tokens_to_carry_the_cot(tiny_base):

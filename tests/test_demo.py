@@ -14,10 +14,10 @@ from tteflash.train.trainer import TrainConfig
 
 def test_tiny_base_is_written_whole(tiny_base):
     info = json.loads((Path(tiny_base) / "base_info.json").read_text())
-    assert info["perception_stage"]["steps"] == 2 and info["reasoning_stage"]["steps"] == 2
+    assert [info[f"{stage}_stage"]["steps"] for stage in ("perception", "reading", "reasoning")] == [2, 2, 2]
     assert (Path(tiny_base) / "model.safetensors").exists()
     assert set(info["reasoning"]["by_task"]) == set(bench.TASK_NAMES)
-    for work in (".work", ".work-reasoning"):  # the work folders are removed once the base is written
+    for work in (".work", ".work-reading", ".work-reasoning"):  # the work folders are removed once the base is written
         assert not Path(tiny_base + work).exists()
 
 

@@ -489,6 +489,17 @@ def perception_example(kind: str, rng: random.Random, max_objects: int = 9) -> t
     raise ValueError(f"unknown perception kind {kind!r}; expected one of {PERCEPTION_KINDS}")
 
 
+def page_sibling_example(caption: str, rng: random.Random) -> tuple[Input, str]:
+    """A page with the rows of the page captioned `caption`, in the same order, one or more values changed:
+    a hard negative for aligning pages, which the items alone cannot tell apart."""
+    rows = [(item, int(v)) for item, v in (fact.split() for fact in caption.split(" , "))]
+    changed = [i for i in range(len(rows)) if rng.random() < 0.5] or [rng.randrange(len(rows))]
+    for i in changed:
+        rows[i] = (rows[i][0], rng.choice([v for v in range(1, 10) if v != rows[i][1]]))
+    page = tuple(rows)
+    return {"image": R.render_page(page)}, _page_text(page)
+
+
 def corpus_texts(n_per_task: int = 50, n_per_kind: int = 50) -> list[str]:
     """Texts for training the BPE tokenizer: sampled train instructions, CoTs and text candidates,
     perception captions, and every vocabulary token on its own (so rare tokens are covered)."""
