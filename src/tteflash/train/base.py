@@ -11,7 +11,8 @@ perception), so the base is pretrained once, without the benchmark's retrieval t
     probe blamed it for unread page values, benchmarks/base_page_probe.py, but without it pages are still
     not read.)
 Those are stage 1 (2,000 steps: 54 minutes on 2 cores before length groups, 36 with them). Stage 2 goes
-on with perception at a lower learning rate, mostly on pages, whose values stage 1 leaves unread. Stage 3
+on with perception at a lower learning rate, mostly scenes and pages, which stage 1 leaves partly unread
+(page values: not at all). Stage 3
 makes the base a reasoner, as a real VLM backbone is: it writes the gold CoT after training-split queries
 (no candidates, no targets). Without it no method learned to reason within the demo's budget: the
 explicit-CoT model wrote a right answer fact for 6% of test queries, TTE-Flash's decoded thoughts 3%
@@ -220,7 +221,7 @@ def build_base(out: str, steps: int = 2000, reasoning_steps: int = 400, seed: in
     stages = [s for s in (stage1, reading, reasoning) if s]
     info = {"perception_stage": stage1, "reading_stage": reading, "reasoning_stage": reasoning,
             "train_seconds": sum(s["train_seconds"] for s in stages),
-            "wall_seconds": sum(s["wall_seconds"] for s in stages),  # both stages, as one `make base` run
+            "wall_seconds": sum(s["wall_seconds"] for s in stages),  # every stage, as one `make base` run
             "wall_seconds_this_run": time.time() - t0,
             "params": sum(p.numel() for p in model.parameters()),
             "perception": perception_report(model), "reasoning": thought_accuracy(model),
@@ -239,7 +240,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--out", default="checkpoints/base")
     ap.add_argument("--steps", type=int, default=2000, help="stage-1 optimizer steps (2,000: 36 minutes on 2 cores)")
     ap.add_argument("--reading-steps", type=int, default=800,
-                    help="stage-2 steps (perception at a lower rate, mostly pages); 0 skips it")
+                    help="stage-2 steps (perception at a lower rate, mostly scenes and pages); 0 skips it")
     ap.add_argument("--page-siblings", action="store_true",
                     help="in stage 2, align each page against a sibling page with the same items and other values")
     ap.add_argument("--reasoning-steps", type=int, default=400, help="stage-3 (reasoner SFT) steps; 0 skips it")
