@@ -10,7 +10,8 @@ perception), so the base is pretrained once, without the benchmark's retrieval t
     (`--partial-captions`, the earlier recipe, aligns half of the images to some of their facts instead; a
     probe blamed it for unread page values, benchmarks/base_page_probe.py, but without it pages are still
     not read.)
-Those are stage 1 (2,000 steps: 54 minutes on 2 cores before length groups, 36 with them). Stage 2 goes
+Those are stage 1 (2,000 steps: 54 minutes on 2 cores before length groups, 36 with them; 16 on the
+2026-12-06 machine, where all three stages took 27). Stage 2 goes
 on with perception at a lower learning rate, mostly scenes and pages, which stage 1 leaves partly unread
 (page values: not at all). Stage 3
 makes the base a reasoner, as a real VLM backbone is: it writes the gold CoT after training-split queries
@@ -238,7 +239,7 @@ def build_base(out: str, steps: int = 2000, reasoning_steps: int = 400, seed: in
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """`tte-flash base` and `python -m tteflash.train.base` take the same flags."""
     ap.add_argument("--out", default="checkpoints/base")
-    ap.add_argument("--steps", type=int, default=2000, help="stage-1 optimizer steps (2,000: 36 minutes on 2 cores)")
+    ap.add_argument("--steps", type=int, default=2000, help="stage-1 optimizer steps (2,000: 16 minutes on 2 cores, 36 on an earlier, slower machine)")
     ap.add_argument("--reading-steps", type=int, default=800,
                     help="stage-2 steps (perception at a lower rate, mostly scenes and pages); 0 skips it")
     ap.add_argument("--page-siblings", action="store_true",
