@@ -14,7 +14,7 @@ DEVICE=${DEVICE:-cuda}
 BUDGET=${1:-560}
 mkdir -p "$OUT" runs
 ( timeout $((BUDGET - 20)) python3 -m tteflash.cli base --perception "${STAGE1:-checkpoints/stage1.work}" \
-    --reasoning-steps "${REASONING_STEPS:-1200}" --out runs/base-reasoner --device "$DEVICE" > "$OUT/base.log" 2>&1
+    --reading-steps 0 --answering-steps 0 --reasoning-steps "${REASONING_STEPS:-1200}" --out runs/base-reasoner --device "$DEVICE" > "$OUT/base.log" 2>&1
   echo "base rc $?" >> "$OUT/base.log"
   tar czf "$OUT/base-reasoner.tgz" -C runs --exclude='*.work*' base-reasoner ) &
 CONFIG=${CONFIG:-configs/study-long.yaml} bash benchmarks/gpu_study.sh "$BUDGET" "${2:-13}"

@@ -119,7 +119,7 @@ def tiny_base(tmp_path_factory):
     from tteflash.train.base import build_base
 
     out = tmp_path_factory.mktemp("base") / "base"
-    build_base(str(out), steps=2, reading_steps=2, reasoning_steps=2, progress=False, **TINY)
+    build_base(str(out), steps=2, reading_steps=2, reasoning_steps=2, answering_steps=2, progress=False, **TINY)
     return str(out)
 
 

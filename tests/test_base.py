@@ -2,7 +2,9 @@
 import random
 
 import pytest
+import torch
 
+from tteflash.data import bench
 from tteflash.train.base import partial_caption
 
 
@@ -26,9 +28,9 @@ def test_base_recipe_aligns_to_full_captions_unless_asked_for_partial_ones():
     from tteflash.train.trainer import TrainConfig
 
     cfg = TrainConfig(batch_size=16)
-    full, _, _, _ = base_examples(900, cfg, curriculum_steps=1000)
+    full = base_examples(900, cfg, curriculum_steps=1000)[0]
     assert all(align == caption for _, caption, align in full)
-    partial, _, _, _ = base_examples(900, cfg, curriculum_steps=1000, partial_captions=True)
+    partial = base_examples(900, cfg, curriculum_steps=1000, partial_captions=True)[0]
     assert any(align != caption for _, caption, align in partial)
     assert all(set(align.split(" , ")) <= set(caption.split(" , ")) for _, caption, align in partial)
 
@@ -74,7 +76,7 @@ def test_reasoning_stage_data_is_training_queries_with_their_gold_cot():
     from tteflash.train.base import base_examples
     from tteflash.train.trainer import TrainConfig
 
-    _, _, reasoned, _ = base_examples(3, TrainConfig(batch_size=8), curriculum_steps=0, reasoning=5)
+    reasoned = base_examples(3, TrainConfig(batch_size=8), curriculum_steps=0, reasoning=5)[2]
     assert len(reasoned) == 5
     for query, cot in reasoned:
         assert set(query) <= {"text", "image", "video"} and cot.split(" . ")[-1]
@@ -90,20 +92,25 @@ def test_reasoning_stage_starts_from_a_saved_stage_one(tiny_base, tmp_path):
 
     from conftest import TINY
     stage1 = str(tmp_path / "s1")
-    first = build_base(stage1, steps=2, reading_steps=0, reasoning_steps=0, progress=False, **TINY)
-    assert first["reading_stage"] is None and first["reasoning_stage"] is None
-    info = build_base(str(tmp_path / "b"), reading_steps=1, reasoning_steps=1, perception=stage1, progress=False)
+    first = build_base(stage1, steps=2, reading_steps=0, reasoning_steps=0, answering_steps=0, progress=False, **TINY)
+    assert first["reading_stage"] is None and first["reasoning_stage"] is None and first["answering_stage"] is None
+    info = build_base(str(tmp_path / "b"), reading_steps=1, reasoning_steps=1, answering_steps=1, perception=stage1,
+                      progress=False)
     assert info["perception_stage"]["from"] == stage1 and info["perception_stage"]["steps"] == 2
-    assert info["reading_stage"]["steps"] == 1 and info["reasoning_stage"]["steps"] == 1
+    assert info["reading_stage"]["steps"] == info["reasoning_stage"]["steps"] == info["answering_stage"]["steps"] == 1
+    assert set(info["answering"]) == set(bench.QUESTION_KINDS)
     TTEFlashModel.from_pretrained(str(tmp_path / "b"))
     # a base trained past stage 1 is not a stage 1: its later stages would go unrecorded
     for later in (tiny_base, str(tmp_path / "b")):
         with pytest.raises(ValueError, match="trained past stage 1"):
             build_base(str(tmp_path / "c"), reasoning_steps=1, perception=later, progress=False)
     reading_only = str(tmp_path / "r")
-    build_base(reading_only, reading_steps=1, reasoning_steps=0, perception=stage1, progress=False)
-    with pytest.raises(ValueError, match="trained past stage 1"):
-        build_base(str(tmp_path / "c"), reasoning_steps=1, perception=reading_only, progress=False)
+    build_base(reading_only, reading_steps=1, reasoning_steps=0, answering_steps=0, perception=stage1, progress=False)
+    answering_only = str(tmp_path / "a")
+    build_base(answering_only, reading_steps=0, reasoning_steps=0, answering_steps=1, perception=stage1, progress=False)
+    for later in (reading_only, answering_only):
+        with pytest.raises(ValueError, match="trained past stage 1"):
+            build_base(str(tmp_path / "c"), reasoning_steps=1, perception=later, progress=False)
 
 
 def test_latent_reasoning_rows_train_the_think_tokens_to_carry_the_cot(tiny_base):
@@ -131,9 +138,38 @@ def test_latent_reasoning_rows_train_the_think_tokens_to_carry_the_cot(tiny_base
     think_grad = {}
     for name, latent in (("explicit only", []), ("with latent", data[3])):
         seen.clear()
-        perception_step(model, data[:3] + [latent], cfg)["loss"].backward()
+        perception_step(model, data[:3] + [latent, []], cfg)["loss"].backward()
         at_think = [(out.grad[torch.isin(ids, think_ids)]) for ids, out in seen]
         think_grad[name] = sum(g.abs().sum().item() for g in at_think), sum(len(g) for g in at_think)
     assert think_grad["explicit only"] == (0, 0)
     grad, positions = think_grad["with latent"]
     assert positions == sum(k for _, _, k in data[3]) and grad > 0
+
+
+def test_answering_rows_embed_each_question_against_every_answer_of_its_kind(tiny_base, monkeypatch):
+    """Stage 4: a question row is the model's query encoding of the input with its question, and its positive is
+    the document encoding of its answer, among every answer of the step's question kinds."""
+    from tteflash.model import TTEFlashModel
+    from tteflash.train import base
+    from tteflash.train.trainer import TrainConfig
+
+    model = TTEFlashModel.from_pretrained(tiny_base).eval()
+    cfg = TrainConfig(batch_size=2)
+    data = base.base_examples(0, cfg, curriculum_steps=0, questions=6)
+    asked = data[4]
+    assert len(asked) == 6 and base.base_examples(0, cfg, curriculum_steps=0)[4] == []
+    calls, info_nce = [], base.info_nce
+
+    def spy(queries, docs, positive, temperature, **kw):
+        calls.append((queries, docs, positive))
+        return info_nce(queries, docs, positive, temperature, **kw)
+    monkeypatch.setattr(base, "info_nce", spy)
+    with torch.no_grad():
+        losses = base.perception_step(model, data, cfg)
+    queries, docs, positive = calls[-1]  # the answering loss is the step's last InfoNCE
+    assert torch.isfinite(losses["answering"])
+    assert len(docs) == len({a for _, _, choices in asked for a in choices})
+    expected_q = model.encode([inp for inp, _, _ in asked], convert_to_tensor=True)
+    expected_a = model.encode([answer for _, answer, _ in asked], role="document", convert_to_tensor=True)
+    torch.testing.assert_close(queries, expected_q, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(docs[positive], expected_a, atol=1e-4, rtol=1e-4)

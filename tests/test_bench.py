@@ -205,6 +205,39 @@ def test_perception(kind, monkeypatch):
         B.perception_example("nope", rng)
 
 
+@pytest.mark.parametrize("kind", B.QUESTION_KINDS)
+def test_perception_questions_are_answered_by_their_input(kind, monkeypatch):
+    """Each answer is re-derived from what was drawn: the scene, the page or the digits (train split only)."""
+    drawn = []
+    real_digit, real_scene, real_page = B._Ctx.digit, R.render_scene, R.render_page
+    monkeypatch.setattr(B._Ctx, "digit", lambda self, d: drawn.append((self.split, d)) or real_digit(self, d))
+    monkeypatch.setattr(B.R, "render_scene", lambda scene: drawn.append(scene) or real_scene(scene))
+    monkeypatch.setattr(B.R, "render_page", lambda page: drawn.append(page) or real_page(page))
+    rng = random.Random(1)
+    for _ in range(30):
+        drawn.clear()
+        inp, answer, choices = B.perception_question(kind, rng)
+        words = inp["text"].split()
+        assert set(words) <= set(B.VOCAB) and answer in choices and len(set(choices)) == len(choices) >= 4
+        if kind == "scene":
+            objs = [o for o in drawn[0] if o]
+            if words[1] == "colour":  # "what colour is the <shape> ?"
+                named = [o for o in objs if o[1] == words[4]]
+                assert len(named) == 1 and answer == named[0][0]
+            else:  # "what shape is the <colour> object ?"
+                named = [o for o in objs if o[0] == words[4]]
+                assert len(named) == 1 and answer == named[0][1]
+        elif kind == "page":
+            assert answer == str(dict(drawn[0])[words[3]])
+        else:
+            assert {split for split, _ in drawn} == {"train"}
+            digits = [d for _, d in drawn]  # one draw per digit (a video's shot repeats its frame)
+            assert len(digits) == (2 if kind == "digits" else 4)
+            assert answer == str(digits[0] if words[3] in ("left", "first") else digits[-1])
+    with pytest.raises(ValueError, match="unknown question kind"):
+        B.perception_question("crop", rng)
+
+
 def test_render_pixels():
     crop = R.render_crop(("orange", "cross"))
     assert crop.getpixel((28, 28)) == R.COLORS["orange"] and crop.getpixel((1, 1)) == R.BG

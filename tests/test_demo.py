@@ -14,10 +14,12 @@ from tteflash.train.trainer import TrainConfig
 
 def test_tiny_base_is_written_whole(tiny_base):
     info = json.loads((Path(tiny_base) / "base_info.json").read_text())
-    assert [info[f"{stage}_stage"]["steps"] for stage in ("perception", "reading", "reasoning")] == [2, 2, 2]
+    stages = ("perception", "reading", "reasoning", "answering")
+    assert [info[f"{stage}_stage"]["steps"] for stage in stages] == [2, 2, 2, 2]
     assert (Path(tiny_base) / "model.safetensors").exists()
     assert set(info["reasoning"]["by_task"]) == set(bench.TASK_NAMES)
-    for work in (".work", ".work-reading", ".work-reasoning"):  # the work folders are removed once the base is written
+    assert set(info["answering"]) == set(bench.QUESTION_KINDS)
+    for work in (".work", *(f".work-{s}" for s in stages[1:])):  # the work folders are removed once the base is written
         assert not Path(tiny_base + work).exists()
 
 
@@ -112,6 +114,16 @@ def test_cli_rejects_a_worker_count_below_one(capsys):
     with pytest.raises(SystemExit) as e:
         cli(["demo", "--workers", "0"])
     assert e.value.code == 2 and "--workers: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_cli_demo_trains_the_demo_budget_unless_told_otherwise(monkeypatch):
+    from tteflash.train import demo
+
+    seen = []
+    monkeypatch.setattr(demo, "run_demo", lambda base, out, cfg, **kw: seen.append(cfg))
+    cli(["demo"])
+    cli(["demo", "--steps", "7"])
+    assert [cfg.steps for cfg in seen] == [demo.DEMO_STEPS, 7] and demo.DEMO_STEPS != TrainConfig().steps
 
 
 def test_runs_of_another_base_at_the_same_path_are_not_reused(tiny_base, tmp_path):

@@ -18,6 +18,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="tte-flash", description="TTE-Flash: reasoning-aware multimodal embeddings")
     sub = ap.add_subparsers(dest="command", required=True)
 
+    from .train.demo import DEMO_STEPS
     from .train.trainer import TrainConfig
     demo = sub.add_parser("demo", help="train no-think, TTE-Flash K=8 and explicit CoT from the base; evaluate; report")
     demo.add_argument("--base", default="checkpoints/base", help="base checkpoint directory")
@@ -27,6 +28,7 @@ def main(argv=None) -> int:
     demo.add_argument("--workers", type=_positive_int, default=None,
                       help="methods trained at once, one process each (default: all three on CPU, 1 on a GPU)")
     add_arguments(demo, TrainConfig)
+    demo.set_defaults(steps=DEMO_STEPS)
 
     trn = sub.add_parser("train", help="train one model on TTE-Bench's training split and save it (under torchrun: "
                          "data-parallel, one global contrastive batch)")

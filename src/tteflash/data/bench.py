@@ -489,6 +489,43 @@ def perception_example(kind: str, rng: random.Random, max_objects: int = 9) -> t
     raise ValueError(f"unknown perception kind {kind!r}; expected one of {PERCEPTION_KINDS}")
 
 
+QUESTION_KINDS = ["scene", "digits", "video", "page"]
+
+
+def perception_question(kind: str, rng: random.Random) -> tuple[Input, str, list[str]]:
+    """Base-model pretraining question answered by reading one thing off the input (no reasoning hop, no
+    count, no arithmetic): (the input with its question, the answer, every answer of that question type).
+    A scene question names an object by its unique shape or colour and asks for the other attribute."""
+    c = _Ctx(rng, "train")
+    if kind == "scene":
+        while True:
+            objs = _objs(_random_scene(rng, 2, 6))
+            by_shape = rng.random() < 0.5  # "what colour is the <shape> ?" or "what shape is the <colour> object ?"
+            key = Counter(o[1] if by_shape else o[0] for o in objs)
+            unique = [o for o in objs if key[o[1] if by_shape else o[0]] == 1]
+            if unique:
+                break
+        scene = _place(rng, objs)
+        colour, shape = rng.choice(unique)
+        if by_shape:
+            return ({"text": f"what colour is the {shape} ?", "image": R.render_scene(scene)}, colour, COLOR_NAMES)
+        return {"text": f"what shape is the {colour} object ?", "image": R.render_scene(scene)}, shape, list(SHAPES)
+    digits = [str(d) for d in range(10)]
+    if kind in ("digits", "video"):
+        ds = [rng.randrange(10) for _ in range(2 if kind == "digits" else 4)]
+        first = rng.random() < 0.5
+        if kind == "digits":
+            return ({"text": f"what is the {'left' if first else 'right'} digit ?", "image": c.pair(*ds)},
+                    str(ds[0 if first else 1]), digits)
+        return ({"text": f"what is the {'first' if first else 'last'} digit ?", "video": c.video(ds)},
+                str(ds[0 if first else -1]), digits)
+    if kind == "page":
+        page = _page(rng)
+        item, value = rng.choice(page)
+        return {"text": f"what is the {item} of the page ?", "image": R.render_page(page)}, str(value), digits[1:]
+    raise ValueError(f"unknown question kind {kind!r}; expected one of {QUESTION_KINDS}")
+
+
 def page_sibling_example(caption: str, rng: random.Random) -> tuple[Input, str]:
     """A page with the rows of the page captioned `caption`, in the same order, one or more values changed:
     a hard negative for aligning pages, which the items alone cannot tell apart."""

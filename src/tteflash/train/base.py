@@ -11,13 +11,15 @@ perception), so the base is pretrained once, without the benchmark's retrieval t
     probe blamed it for unread page values, benchmarks/base_page_probe.py, but without it pages are still
     not read.)
 Those are stage 1 (2,000 steps: 54 minutes on 2 cores before length groups, 36 with them; 16 on the
-2026-12-06 machine, where all three stages took 27). Stage 2 goes
-on with perception at a lower learning rate, mostly scenes and pages, which stage 1 leaves partly unread
-(page values: not at all). Stage 3
-makes the base a reasoner, as a real VLM backbone is: it writes the gold CoT after training-split queries
-(no candidates, no targets). Without it no method learned to reason within the demo's budget: the
+2026-12-06 machine, where the first three stages took 27). Stage 2 goes on with perception at a lower
+learning rate, mostly scenes and pages, which stage 1 leaves partly unread (page values: not at all).
+Stage 3 makes the base a reasoner, as a real VLM backbone is: it writes the gold CoT after training-split
+queries (no candidates, no targets). Without it no method learned to reason within the demo's budget: the
 explicit-CoT model wrote a right answer fact for 6% of test queries, TTE-Flash's decoded thoughts 3%
-(benchmarks/thought_accuracy.py).
+(benchmarks/thought_accuracy.py). Stage 4 makes it an embedder of questions, as VLM2Vec-style backbones
+are trained on VQA before retrieval: a perception question about an input (one attribute, digit or page
+value, read off it: no hop, count or arithmetic, so no benchmark task) embeds as its answer. Before it the
+embedding token had only summarised whole inputs.
 """
 from __future__ import annotations
 
@@ -47,13 +49,14 @@ DESCRIBE = "describe"
 
 def base_examples(step: int, cfg: TrainConfig, curriculum_steps: int, partial_captions: bool = False,
                   reasoning: int = 0, latent: int = 0, kind_weights: dict | None = None,
-                  page_siblings: bool = False) -> list:
+                  page_siblings: bool = False, questions: int = 0) -> list:
     """Perception pairs for one step: the number of objects per scene grows 1 -> 9 over the curriculum.
     Each pair is (input, caption, alignment text): the caption, or with partial_captions half of the time
     a partial one. `reasoning`: that many (training query, gold CoT) pairs, the reasoner's SFT; `latent`:
     that many (training query, gold CoT, think budget k) triples, the latent reasoner's. kind_weights: the
     perception kinds' shares (default KIND_WEIGHTS). page_siblings: each page comes with a sibling page (the same
-    items, other values) as one more pair, so that the alignment must tell pages apart by their values."""
+    items, other values) as one more pair, so that the alignment must tell pages apart by their values.
+    questions: that many perception questions (input + question, answer, the answer's alternatives)."""
     rng = random.Random(f"base/{cfg.seed}/{step}")
     max_objects = min(9, 1 + int(8 * step / max(1, curriculum_steps)))
     weights = kind_weights or KIND_WEIGHTS
@@ -79,7 +82,8 @@ def base_examples(step: int, cfg: TrainConfig, curriculum_steps: int, partial_ca
     for _ in range(latent):
         ex = bench.make_example(rng.choice(bench.TASK_NAMES), "train", rng.randrange(10**8))
         latent_rows.append((ex.query, ex.cot, rng.choice(LATENT_BUDGETS)))
-    return [pairs, texts, reasoned, latent_rows]
+    asked = [bench.perception_question(rng.choice(bench.QUESTION_KINDS), rng) for _ in range(questions)]
+    return [pairs, texts, reasoned, latent_rows, asked]
 
 
 def partial_caption(caption: str, rng: random.Random) -> str:
@@ -92,7 +96,7 @@ def partial_caption(caption: str, rng: random.Random) -> str:
 
 
 def perception_step(model, data, cfg: TrainConfig, step: int = 0) -> dict:
-    pairs, texts, reasoned, latent = data
+    pairs, texts, reasoned, latent, asked = data
     p = model.processor
     caption_rows, image_rows, text_rows, keys = [], [], [], []
     describe = p.text_ids(DESCRIBE, "base prompt")
@@ -114,12 +118,21 @@ def perception_step(model, data, cfg: TrainConfig, step: int = 0) -> dict:
     for query, cot, k in latent:  # TTE-Flash's CoT branch: [query][T_1..T_k], the CoT decoded from T_1..T_k alone
         r = p.prompt_row(query, "base query")
         lm_rows.append(Row(r.prompt, r.prompt_types, r.pixels, think=k, branch_cot=p.cot_ids(cot), embed=False))
-    out = forward_by_length(model, caption_rows + lm_rows + image_rows + text_rows)  # rows of every length
+    # questions embed as their answer, ranked against every answer of the question types in the step
+    answers = sorted({a for _, _, choices in asked for a in choices})
+    question_rows = [p.prompt_row(inp, "base question") for inp, _, _ in asked]
+    answer_rows = [p.prompt_row(a, "base answer") for a in answers]
+    out = forward_by_length(model, caption_rows + lm_rows + image_rows + text_rows + question_rows + answer_rows)
     n0 = len(caption_rows) + len(lm_rows)
     n = len(image_rows)
-    img, txt = out.embeddings[n0:n0 + n], out.embeddings[n0 + n:]
+    img, txt = out.embeddings[n0:n0 + n], out.embeddings[n0 + n:n0 + 2 * n]
     con = info_nce(img, txt, torch.arange(n, device=img.device), cfg.temperature, symmetric=True)
-    return {"loss": out.cot_loss + cfg.cot_weight * con, "generative": out.cot_loss, "contrastive": con}
+    losses = {"generative": out.cot_loss, "contrastive": con}
+    if asked:
+        q, a = out.embeddings[n0 + 2 * n:n0 + 2 * n + len(asked)], out.embeddings[n0 + 2 * n + len(asked):]
+        positive = torch.tensor([answers.index(ans) for _, ans, _ in asked], device=q.device)
+        losses["answering"] = info_nce(q, a, positive, cfg.temperature)
+    return {"loss": out.cot_loss + cfg.cot_weight * sum(v for k, v in losses.items() if k != "generative"), **losses}
 
 
 def perception_report(model, n: int = 40, seed: int = 12345) -> dict:
@@ -159,6 +172,9 @@ def _perception_stage(out: str, steps: int, seed: int, device: str, lr: float, p
                    "wall_seconds": time.time() - t0, "history_last": state["history"][-1]}
 
 
+LATER_STAGES = ("reading", "reasoning", "answering")  # after stage 1, in order; each trains in `<out>.work-<name>`
+
+
 def _stage(model: TTEFlashModel, out: str, name: str, cfg: TrainConfig, data, progress: bool, **record) -> dict:
     """Train one stage after stage 1 (its own work directory, so a killed run resumes within it)."""
     t0 = time.time()
@@ -194,14 +210,46 @@ def _reasoning_stage(model: TTEFlashModel, out: str, steps: int, seed: int, prog
                   progress, rows_per_step=REASONING_ROWS, latent_rows_per_step=latent_rows)
 
 
+ANSWERING_ROWS = 32  # perception questions per answering step, beside 16 perception pairs and 16 reasoning rows
+
+
+def _answering_stage(model: TTEFlashModel, out: str, steps: int, seed: int, progress: bool) -> dict:
+    """Stage 4: the embedding token learns to embed a question about an input as its answer (a perception
+    question: one attribute, digit or page value read off the input; no hop, no count, no arithmetic),
+    ranked against every answer of its kind, while alignment and the reasoner's SFT go on beside it.
+    Up to stage 3 the embedding token only ever summarises a whole input (image <-> caption)."""
+    cfg = TrainConfig(steps=steps, batch_size=16, lr=5e-4, warmup_steps=20, temperature=0.07, cot_weight=1.0,
+                      freeze_vision=False, checkpoint_every=100, log_every=25, seed=seed + 3)
+    return _stage(model, out, "answering", cfg,
+                  lambda s: base_examples(s, cfg, 0, reasoning=REASONING_ROWS // 2, questions=ANSWERING_ROWS),
+                  progress, rows_per_step=ANSWERING_ROWS)
+
+
+@torch.no_grad()
+def answering_report(model, n: int = 40, seed: int = 12345) -> dict:
+    """hit@1 of fresh perception questions against every answer of their kind, per question kind."""
+    rng = random.Random(f"answering-check/{seed}")
+    report = {}
+    for kind in bench.QUESTION_KINDS:
+        asked = [bench.perception_question(kind, rng) for _ in range(n)]
+        q = model.encode([inp for inp, _, _ in asked], convert_to_tensor=True)
+        answers = sorted({a for _, _, choices in asked for a in choices})
+        embedded = dict(zip(answers, model.encode(answers, role="document", convert_to_tensor=True)))
+        hits = sum(choices[int((torch.stack([embedded[c] for c in choices]) @ row).argmax())] == answer
+                   for row, (_, answer, choices) in zip(q, asked))
+        report[kind] = hits / n
+    return report
+
+
 def build_base(out: str, steps: int = 2000, reasoning_steps: int = 400, seed: int = 0, progress: bool = True,
                device: str = "cpu", lr: float = 1.5e-3, partial_captions: bool = False,
                perception: str | None = None, latent_rows: int = 0, reading_steps: int = 800,
-               page_siblings: bool = False, **backbone_kwargs) -> dict:
+               page_siblings: bool = False, answering_steps: int = 600, **backbone_kwargs) -> dict:
     """Train and save the base; `backbone_kwargs` go to build_tiny_backbone (default: 256 hidden, 4 layers).
 
     perception: a saved stage-1 checkpoint (a base built with no later stage) to start stage 2 from,
-    instead of training stage 1 again. reading_steps / reasoning_steps: the later stages' steps (0 skips one).
+    instead of training stage 1 again. reading_steps / reasoning_steps / answering_steps: the later stages' steps
+    (0 skips one).
     latent_rows: stage-3 rows per step that also train TTE-Flash's CoT
     branch (the gold CoT decoded from k think tokens alone). Killed runs resume within the stage they were in."""
     t0 = time.time()
@@ -209,9 +257,9 @@ def build_base(out: str, steps: int = 2000, reasoning_steps: int = 400, seed: in
         model = TTEFlashModel.from_pretrained(perception, device=device)
         with open(os.path.join(perception, "base_info.json")) as f:
             stage1 = json.load(f)
-        if stage1.get("reasoning_stage") or stage1.get("reading_stage"):  # the record would lie about its weights
+        if any(stage1.get(f"{name}_stage") for name in LATER_STAGES):  # the record would lie about its weights
             raise ValueError(f"--perception {perception}: that base has trained past stage 1; pass a stage-1 "
-                             "checkpoint (one built with --reading-steps 0 --reasoning-steps 0)")
+                             "checkpoint (one built with --reading-steps 0 --reasoning-steps 0 --answering-steps 0)")
         stage1 = stage1.get("perception_stage", stage1)  # this code's stage-1 record, or an older base's info
         stage1 = {k: stage1[k] for k in ("steps", "partial_captions", "train_seconds", "wall_seconds", "history_last")}
         stage1["from"] = perception
@@ -219,20 +267,23 @@ def build_base(out: str, steps: int = 2000, reasoning_steps: int = 400, seed: in
         model, stage1 = _perception_stage(out, steps, seed, device, lr, partial_captions, progress, **backbone_kwargs)
     reading = _reading_stage(model, out, reading_steps, seed, progress, page_siblings) if reading_steps else None
     reasoning = _reasoning_stage(model, out, reasoning_steps, seed, progress, latent_rows) if reasoning_steps else None
-    stages = [s for s in (stage1, reading, reasoning) if s]
+    answering = _answering_stage(model, out, answering_steps, seed, progress) if answering_steps else None
+    stages = [s for s in (stage1, reading, reasoning, answering) if s]
     info = {"perception_stage": stage1, "reading_stage": reading, "reasoning_stage": reasoning,
+            "answering_stage": answering,
             "train_seconds": sum(s["train_seconds"] for s in stages),
             "wall_seconds": sum(s["wall_seconds"] for s in stages),  # every stage, as one `make base` run
             "wall_seconds_this_run": time.time() - t0,
             "params": sum(p.numel() for p in model.parameters()),
-            "perception": perception_report(model), "reasoning": thought_accuracy(model),
+            "perception": perception_report(model), "answering": answering_report(model),
+            "reasoning": thought_accuracy(model),
             "benchmark": f"{bench.BENCH_NAME} {bench.BENCH_VERSION}", "torch": torch.__version__}
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         with open(os.path.join(tmp, "base_info.json"), "w") as f:
             json.dump(info, f, indent=2)
-    for work in (".work", ".work-reading", ".work-reasoning"):
-        shutil.rmtree(out + work, ignore_errors=True)
+    for work in ("", *(f"-{name}" for name in LATER_STAGES)):
+        shutil.rmtree(f"{out}.work{work}", ignore_errors=True)
     return info
 
 
@@ -245,6 +296,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--page-siblings", action="store_true",
                     help="in stage 2, align each page against a sibling page with the same items and other values")
     ap.add_argument("--reasoning-steps", type=int, default=400, help="stage-3 (reasoner SFT) steps; 0 skips it")
+    ap.add_argument("--answering-steps", type=int, default=600,
+                    help="stage-4 steps (questions about an input embedded as their answers); 0 skips it")
     ap.add_argument("--latent-rows", type=int, default=0,
                     help="stage-3 rows per step that decode the gold CoT from think tokens alone (TTE-Flash's CoT branch)")
     ap.add_argument("--perception", default=None, help="start from this stage-1 checkpoint instead of training stage 1")
@@ -257,7 +310,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 def from_arguments(a: argparse.Namespace) -> dict:
     return build_base(a.out, a.steps, a.reasoning_steps, a.seed, device=a.device,
                       partial_captions=a.partial_captions, perception=a.perception,
-                      latent_rows=a.latent_rows, reading_steps=a.reading_steps, page_siblings=a.page_siblings)
+                      latent_rows=a.latent_rows, reading_steps=a.reading_steps, page_siblings=a.page_siblings,
+                      answering_steps=a.answering_steps)
 
 
 def main(argv=None):
