@@ -127,12 +127,14 @@ def perception_step(model, data, cfg: TrainConfig, step: int = 0) -> dict:
     n = len(image_rows)
     img, txt = out.embeddings[n0:n0 + n], out.embeddings[n0 + n:n0 + 2 * n]
     con = info_nce(img, txt, torch.arange(n, device=img.device), cfg.temperature, symmetric=True)
-    losses = {"generative": out.cot_loss, "contrastive": con}
+    logged = {"generative": out.cot_loss, "contrastive": con}
+    embedding_loss = con
     if asked:
         q, a = out.embeddings[n0 + 2 * n:n0 + 2 * n + len(asked)], out.embeddings[n0 + 2 * n + len(asked):]
         positive = torch.tensor([answers.index(ans) for _, ans, _ in asked], device=q.device)
-        losses["answering"] = info_nce(q, a, positive, cfg.temperature)
-    return {"loss": out.cot_loss + cfg.cot_weight * sum(v for k, v in losses.items() if k != "generative"), **losses}
+        logged["answering"] = info_nce(q, a, positive, cfg.temperature)
+        embedding_loss = con + logged["answering"]
+    return {"loss": out.cot_loss + cfg.cot_weight * embedding_loss, **logged}
 
 
 def perception_report(model, n: int = 40, seed: int = 12345) -> dict:
