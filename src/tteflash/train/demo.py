@@ -27,9 +27,9 @@ METHODS = {
     "tte_flash_k8": {"think_tokens": 8, "explicit_cot": False},
     "explicit_cot": {"think_tokens": 0, "explicit_cot": True},
 }
-# The demo's training budget per method, the most that keeps `git clone` + `make demo` within its 12 minutes
-# on 2 cores with room to spare (about 9.5). On the four-stage base 800 steps beat 600 for every method but
-# the oracle (3 seeds each: docs/results.md, configs/answering-base.yaml).
+# The demo's training budget per method, about the most that keeps `git clone` + `make demo` within its 12
+# minutes on 2 cores (616 s measured). On the four-stage base 800 steps beat 600 for every method but the
+# oracle (3 seeds each: docs/results.md, configs/answering-base.yaml).
 DEMO_STEPS = 800
 GROUP_ORDER = ["image-CLS", "image-QA", "image-RET", "image-VG", "video-QA", "visdoc"]
 
