@@ -507,9 +507,9 @@ def perception_question(kind: str, rng: random.Random) -> tuple[Input, str, list
                 break
         scene = _place(rng, objs)
         colour, shape = rng.choice(unique)
-        if by_shape:
-            return ({"text": f"what colour is the {shape} ?", "image": R.render_scene(scene)}, colour, COLOR_NAMES)
-        return {"text": f"what shape is the {colour} object ?", "image": R.render_scene(scene)}, shape, list(SHAPES)
+        question, answer, choices = ((f"what colour is the {shape} ?", colour, COLOR_NAMES) if by_shape else
+                                     (f"what shape is the {colour} object ?", shape, SHAPES))
+        return {"text": question, "image": R.render_scene(scene)}, answer, list(choices)
     digits = [str(d) for d in range(10)]
     if kind in ("digits", "video"):
         ds = [rng.randrange(10) for _ in range(2 if kind == "digits" else 4)]

@@ -123,14 +123,13 @@ def perception_step(model, data, cfg: TrainConfig, step: int = 0) -> dict:
     question_rows = [p.prompt_row(inp, "base question") for inp, _, _ in asked]
     answer_rows = [p.prompt_row(a, "base answer") for a in answers]
     out = forward_by_length(model, caption_rows + lm_rows + image_rows + text_rows + question_rows + answer_rows)
-    n0 = len(caption_rows) + len(lm_rows)
     n = len(image_rows)
-    img, txt = out.embeddings[n0:n0 + n], out.embeddings[n0 + n:n0 + 2 * n]
+    _, img, txt, q, a = out.embeddings.split(
+        [len(caption_rows) + len(lm_rows), n, n, len(question_rows), len(answer_rows)])
     con = info_nce(img, txt, torch.arange(n, device=img.device), cfg.temperature, symmetric=True)
     logged = {"generative": out.cot_loss, "contrastive": con}
     embedding_loss = con
     if asked:
-        q, a = out.embeddings[n0 + 2 * n:n0 + 2 * n + len(asked)], out.embeddings[n0 + 2 * n + len(asked):]
         positive = torch.tensor([answers.index(ans) for _, ans, _ in asked], device=q.device)
         logged["answering"] = info_nce(q, a, positive, cfg.temperature)
         embedding_loss = con + logged["answering"]
@@ -177,6 +176,12 @@ def _perception_stage(out: str, steps: int, seed: int, device: str, lr: float, p
 LATER_STAGES = ("reading", "reasoning", "answering")  # after stage 1, in order; each trains in `<out>.work-<name>`
 
 
+def _later_stage_config(steps: int, seed: int, lr: float, batch_size: int, warmup_steps: int) -> TrainConfig:
+    """What the stages after stage 1 share: the vision tower trains, the alignment temperature of stage 1."""
+    return TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, temperature=0.07,
+                       cot_weight=1.0, freeze_vision=False, checkpoint_every=100, log_every=25, seed=seed)
+
+
 def _stage(model: TTEFlashModel, out: str, name: str, cfg: TrainConfig, data, progress: bool, **record) -> dict:
     """Train one stage after stage 1 (its own work directory, so a killed run resumes within it)."""
     t0 = time.time()
@@ -193,8 +198,7 @@ def _reading_stage(model: TTEFlashModel, out: str, steps: int, seed: int, progre
     linear probe reads every value from the vision features) and lists 37.5% of scenes exactly. At this rate
     the language model learns to take each row's value within about 100 steps of pages, and scenes go to
     92.5% in 400 steps of scenes (benchmarks/base_page_probe.py, benchmarks/results/base_page_probe_cpu.jsonl)."""
-    cfg = TrainConfig(steps=steps, batch_size=32, lr=5e-4, warmup_steps=10, temperature=0.07, cot_weight=1.0,
-                      freeze_vision=False, checkpoint_every=100, log_every=25, seed=seed + 2)
+    cfg = _later_stage_config(steps, seed + 2, lr=5e-4, batch_size=32, warmup_steps=10)
     return _stage(model, out, "reading", cfg,
                   lambda s: base_examples(s, cfg, 0, kind_weights=READING_WEIGHTS, page_siblings=page_siblings),
                   progress, kind_weights=READING_WEIGHTS, page_siblings=page_siblings)
@@ -205,8 +209,7 @@ def _reasoning_stage(model: TTEFlashModel, out: str, steps: int, seed: int, prog
     """Stage 3, the reasoner's SFT (as TTE fine-tunes its reasoner before any embedding training): write the
     gold CoT after training-split queries ([query]<|cot|> CoT, the explicit-CoT layout; no candidates),
     while perception and alignment go on at half the batch so they are not forgotten."""
-    cfg = TrainConfig(steps=steps, batch_size=16, lr=1e-3, warmup_steps=20, temperature=0.07, cot_weight=1.0,
-                      freeze_vision=False, checkpoint_every=100, log_every=25, seed=seed + 1)
+    cfg = _later_stage_config(steps, seed + 1, lr=1e-3, batch_size=16, warmup_steps=20)
     return _stage(model, out, "reasoning", cfg,
                   lambda s: base_examples(s, cfg, 0, reasoning=REASONING_ROWS, latent=latent_rows),
                   progress, rows_per_step=REASONING_ROWS, latent_rows_per_step=latent_rows)
@@ -220,8 +223,7 @@ def _answering_stage(model: TTEFlashModel, out: str, steps: int, seed: int, prog
     question: one attribute, digit or page value read off the input; no hop, no count, no arithmetic),
     ranked against every answer of its kind, while alignment and the reasoner's SFT go on beside it.
     Up to stage 3 the embedding token only ever summarises a whole input (image <-> caption)."""
-    cfg = TrainConfig(steps=steps, batch_size=16, lr=5e-4, warmup_steps=20, temperature=0.07, cot_weight=1.0,
-                      freeze_vision=False, checkpoint_every=100, log_every=25, seed=seed + 3)
+    cfg = _later_stage_config(steps, seed + 3, lr=5e-4, batch_size=16, warmup_steps=20)
     return _stage(model, out, "answering", cfg,
                   lambda s: base_examples(s, cfg, 0, reasoning=REASONING_ROWS // 2, questions=ANSWERING_ROWS),
                   progress, rows_per_step=ANSWERING_ROWS)
