@@ -36,7 +36,6 @@ def test_base_recipe_aligns_to_full_captions_unless_asked_for_partial_ones():
 
 
 def test_reading_stage_draws_perception_kinds_by_its_weights():
-    from tteflash.data import bench
     from tteflash.train.base import READING_WEIGHTS, base_examples
     from tteflash.train.trainer import TrainConfig
 
