@@ -86,8 +86,10 @@ def test_reasoning_stage_data_is_training_queries_with_their_gold_cot():
 
 
 def test_reasoning_stage_starts_from_a_saved_stage_one(tiny_base, tmp_path):
+    from safetensors import safe_open
+
     from tteflash.model import TTEFlashModel
-    from tteflash.train.base import build_base
+    from tteflash.train.base import PAGE_READS, build_base
 
     from conftest import TINY
     stage1 = str(tmp_path / "s1")
@@ -98,6 +100,10 @@ def test_reasoning_stage_starts_from_a_saved_stage_one(tiny_base, tmp_path):
     assert info["perception_stage"]["from"] == stage1 and info["perception_stage"]["steps"] == 2
     assert info["reading_stage"]["steps"] == info["reasoning_stage"]["steps"] == info["answering_stage"]["steps"] == 1
     assert set(info["answering"]) == set(bench.QUESTION_KINDS)
+    # stage 4 reads page values with a head that trains with it and is not part of the saved base
+    assert info["answering_stage"]["page_reads"] == PAGE_READS and "page_values" in info["answering_stage"]["history_last"]
+    with safe_open(str(tmp_path / "b" / "model.safetensors"), "pt") as f:
+        assert f.keys() and not any("page_value" in k for k in f.keys())
     TTEFlashModel.from_pretrained(str(tmp_path / "b"))
     # a base trained past stage 1 is not a stage 1: its later stages would go unrecorded
     for later in (tiny_base, str(tmp_path / "b")):
@@ -172,3 +178,44 @@ def test_answering_rows_embed_each_question_against_every_answer_of_its_kind(tin
     expected_a = model.encode([answer for _, answer, _ in asked], role="document", convert_to_tensor=True)
     torch.testing.assert_close(queries, expected_q, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(docs[positive], expected_a, atol=1e-4, rtol=1e-4)
+
+
+def test_page_value_head_loss_is_the_cross_entropy_of_each_rows_value():
+    from tteflash.train.base import PageValueHead
+
+    torch.manual_seed(0)
+    head = PageValueHead(hidden=8, gain=3.0)
+    torch.nn.init.normal_(head.read.weight)
+    emb = torch.nn.functional.normalize(torch.randn(2, 8), dim=-1)
+    values = torch.tensor([[1, 9, 4], [7, 7, 2]])
+    logits = 3.0 * (emb * 10 @ head.read.weight.T + head.read.bias)  # (2, 27): row r's values at 9r..9r+8
+    nll = [-torch.log_softmax(logits[i, 9 * r:9 * r + 9], -1)[values[i, r] - 1] for i in range(2) for r in range(3)]
+    torch.testing.assert_close(head.loss(emb, values), torch.stack(nll).mean())
+
+
+def test_page_reads_are_captioned_pages_and_leave_the_other_rows_unchanged(tiny_base):
+    """Stage 4's page rows: each caption is its page's rows, in order, and the step's value loss is the head's
+    loss on the model's own document encodings of the pages against the captions' values."""
+    import numpy as np
+
+    from tteflash.data import render
+    from tteflash.model import TTEFlashModel
+    from tteflash.train import base
+    from tteflash.train.trainer import TrainConfig
+
+    cfg = TrainConfig(batch_size=2)
+    data = base.base_examples(3, cfg, curriculum_steps=0, questions=2, page_reads=4)
+    assert data[:5] == base.base_examples(3, cfg, curriculum_steps=0, questions=2)[:5]
+    assert base.base_examples(3, cfg, curriculum_steps=0)[5] == []
+    values = []
+    for page, caption in data[5]:
+        rows = tuple((item, int(v)) for item, v in (fact.split() for fact in caption.split(" , ")))
+        assert np.array_equal(np.asarray(page["image"]), np.asarray(render.render_page(rows)))
+        values.append([v for _, v in rows])
+    model = TTEFlashModel.from_pretrained(tiny_base).eval()
+    model.page_value_head = base.PageValueHead(model.vlm.config.get_text_config().hidden_size)
+    with torch.no_grad():
+        losses = base.perception_step(model, data, cfg)
+        pages = model.encode([page for page, _ in data[5]], role="document", convert_to_tensor=True)
+        expected = model.page_value_head.loss(pages, torch.tensor(values))
+    torch.testing.assert_close(losses["page_values"], expected, atol=1e-4, rtol=1e-4)

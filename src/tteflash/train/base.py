@@ -47,16 +47,36 @@ KIND_WEIGHTS = {"scene": 0.25, "page": 0.25, "digits": 0.2, "video": 0.2, "crop"
 DESCRIBE = "describe"
 
 
+class PageValueHead(torch.nn.Module):
+    """Reads the value of each row of a page off the page's embedding (a linear head; a base-training aid,
+    never saved with the base). Why: image <-> caption alignment never puts page values into the embedding
+    (benchmarks/page_saddle.py)."""
+
+    def __init__(self, hidden: int, seed: int = 0, rows: int = 3, values: int = 9, gain: float = 10.0):
+        super().__init__()
+        self.rows, self.values, self.gain = rows, values, gain
+        self.read = torch.nn.Linear(hidden, rows * values)
+        # a small start and a gain: Adam moves the head `gain` times faster than the backbone
+        torch.nn.init.normal_(self.read.weight, std=0.02 / gain, generator=torch.Generator().manual_seed(seed))
+        torch.nn.init.zeros_(self.read.bias)
+
+    def loss(self, embeddings: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the (N, rows) values, 1-based, read off (N, D) unit-length embeddings."""
+        logits = self.gain * self.read(embeddings * 10)
+        return torch.nn.functional.cross_entropy(logits.view(-1, self.values), (values - 1).flatten())
+
+
 def base_examples(step: int, cfg: TrainConfig, curriculum_steps: int, partial_captions: bool = False,
                   reasoning: int = 0, latent: int = 0, kind_weights: dict | None = None,
-                  page_siblings: bool = False, questions: int = 0) -> list:
+                  page_siblings: bool = False, questions: int = 0, page_reads: int = 0) -> list:
     """Perception pairs for one step: the number of objects per scene grows 1 -> 9 over the curriculum.
     Each pair is (input, caption, alignment text): the caption, or with partial_captions half of the time
     a partial one. `reasoning`: that many (training query, gold CoT) pairs, the reasoner's SFT; `latent`:
     that many (training query, gold CoT, think budget k) triples, the latent reasoner's. kind_weights: the
     perception kinds' shares (default KIND_WEIGHTS). page_siblings: each page comes with a sibling page (the same
     items, other values) as one more pair, so that the alignment must tell pages apart by their values.
-    questions: that many perception questions (input + question, answer, the answer's alternatives)."""
+    questions: that many perception questions (input + question, answer, the answer's alternatives).
+    page_reads: that many (page, caption) pairs whose values PageValueHead reads off the page's embedding."""
     rng = random.Random(f"base/{cfg.seed}/{step}")
     max_objects = min(9, 1 + int(8 * step / max(1, curriculum_steps)))
     weights = kind_weights or KIND_WEIGHTS
@@ -83,7 +103,8 @@ def base_examples(step: int, cfg: TrainConfig, curriculum_steps: int, partial_ca
         ex = bench.make_example(rng.choice(bench.TASK_NAMES), "train", rng.randrange(10**8))
         latent_rows.append((ex.query, ex.cot, rng.choice(LATENT_BUDGETS)))
     asked = [bench.perception_question(rng.choice(bench.QUESTION_KINDS), rng) for _ in range(questions)]
-    return [pairs, texts, reasoned, latent_rows, asked]
+    read = [bench.perception_example("page", rng) for _ in range(page_reads)]
+    return [pairs, texts, reasoned, latent_rows, asked, read]
 
 
 def partial_caption(caption: str, rng: random.Random) -> str:
@@ -96,7 +117,8 @@ def partial_caption(caption: str, rng: random.Random) -> str:
 
 
 def perception_step(model, data, cfg: TrainConfig, step: int = 0) -> dict:
-    pairs, texts, reasoned, latent, asked = data
+    pairs, texts, reasoned, latent, asked = data[:5]
+    read = data[5] if len(data) > 5 else []
     p = model.processor
     caption_rows, image_rows, text_rows, keys = [], [], [], []
     describe = p.text_ids(DESCRIBE, "base prompt")
@@ -122,17 +144,24 @@ def perception_step(model, data, cfg: TrainConfig, step: int = 0) -> dict:
     answers = sorted({a for _, _, choices in asked for a in choices})
     question_rows = [p.prompt_row(inp, "base question") for inp, _, _ in asked]
     answer_rows = [p.prompt_row(a, "base answer") for a in answers]
-    out = forward_by_length(model, caption_rows + lm_rows + image_rows + text_rows + question_rows + answer_rows)
+    read_rows = [p.prompt_row(page, "base page") for page, _ in read]
+    out = forward_by_length(model, caption_rows + lm_rows + image_rows + text_rows + question_rows + answer_rows
+                            + read_rows)
     n = len(image_rows)
-    _, img, txt, q, a = out.embeddings.split(
-        [len(caption_rows) + len(lm_rows), n, n, len(question_rows), len(answer_rows)])
+    _, img, txt, q, a, pages = out.embeddings.split(
+        [len(caption_rows) + len(lm_rows), n, n, len(question_rows), len(answer_rows), len(read_rows)])
     con = info_nce(img, txt, torch.arange(n, device=img.device), cfg.temperature, symmetric=True)
     logged = {"generative": out.cot_loss, "contrastive": con}
     embedding_loss = con
     if asked:
         positive = torch.tensor([answers.index(ans) for _, ans, _ in asked], device=q.device)
         logged["answering"] = info_nce(q, a, positive, cfg.temperature)
-        embedding_loss = con + logged["answering"]
+        embedding_loss = embedding_loss + logged["answering"]
+    if read:
+        values = torch.tensor([[int(fact.split()[1]) for fact in caption.split(" , ")] for _, caption in read],
+                              device=pages.device)  # a page caption is "item value , item value , item value"
+        logged["page_values"] = model.page_value_head.loss(pages, values)
+        embedding_loss = embedding_loss + logged["page_values"]
     return {"loss": out.cot_loss + cfg.cot_weight * embedding_loss, **logged}
 
 
@@ -216,17 +245,29 @@ def _reasoning_stage(model: TTEFlashModel, out: str, steps: int, seed: int, prog
 
 
 ANSWERING_ROWS = 32  # perception questions per answering step, beside 16 perception pairs and 16 reasoning rows
+PAGE_READS = 16  # pages per answering step whose values are read off their embeddings
 
 
-def _answering_stage(model: TTEFlashModel, out: str, steps: int, seed: int, progress: bool) -> dict:
+def _answering_stage(model: TTEFlashModel, out: str, steps: int, seed: int, progress: bool,
+                     page_reads: int = 0) -> dict:
     """Stage 4: the embedding token learns to embed a question about an input as its answer (a perception
     question: one attribute, digit or page value read off the input; no hop, no count, no arithmetic),
     ranked against every answer of its kind, while alignment and the reasoner's SFT go on beside it.
-    Up to stage 3 the embedding token only ever summarises a whole input (image <-> caption)."""
+    Up to stage 3 the embedding token only ever summarises a whole input (image <-> caption).
+    page_reads: pages per step whose row values PageValueHead must read off their embeddings. Without it no
+    page value reaches the embedding token: a page's embedding and its sibling's (other values) have cosine
+    0.998, and no contrastive objective moves them (benchmarks/page_saddle.py)."""
     cfg = _later_stage_config(steps, seed + 3, lr=5e-4, batch_size=16, warmup_steps=20)
-    return _stage(model, out, "answering", cfg,
-                  lambda s: base_examples(s, cfg, 0, reasoning=REASONING_ROWS // 2, questions=ANSWERING_ROWS),
-                  progress, rows_per_step=ANSWERING_ROWS)
+    if page_reads:  # attached before train(): the head trains and checkpoints with the model, and is not saved
+        model.page_value_head = PageValueHead(model.vlm.config.get_text_config().hidden_size, seed).to(model.device)
+    try:
+        return _stage(model, out, "answering", cfg,
+                      lambda s: base_examples(s, cfg, 0, reasoning=REASONING_ROWS // 2, questions=ANSWERING_ROWS,
+                                              page_reads=page_reads),
+                      progress, rows_per_step=ANSWERING_ROWS, page_reads=page_reads)
+    finally:
+        if page_reads:
+            del model.page_value_head
 
 
 @torch.no_grad()
@@ -248,7 +289,8 @@ def answering_report(model, n: int = 40, seed: int = 12345) -> dict:
 def build_base(out: str, steps: int = 2000, reasoning_steps: int = 400, seed: int = 0, progress: bool = True,
                device: str = "cpu", lr: float = 1.5e-3, partial_captions: bool = False,
                perception: str | None = None, latent_rows: int = 0, reading_steps: int = 800,
-               page_siblings: bool = False, answering_steps: int = 600, **backbone_kwargs) -> dict:
+               page_siblings: bool = False, answering_steps: int = 600, page_reads: int = PAGE_READS,
+               **backbone_kwargs) -> dict:
     """Train and save the base; `backbone_kwargs` go to build_tiny_backbone (default: 256 hidden, 4 layers).
 
     perception: a saved stage-1 checkpoint (a base built with no later stage) to start stage 2 from,
@@ -271,7 +313,7 @@ def build_base(out: str, steps: int = 2000, reasoning_steps: int = 400, seed: in
         model, stage1 = _perception_stage(out, steps, seed, device, lr, partial_captions, progress, **backbone_kwargs)
     reading = _reading_stage(model, out, reading_steps, seed, progress, page_siblings) if reading_steps else None
     reasoning = _reasoning_stage(model, out, reasoning_steps, seed, progress, latent_rows) if reasoning_steps else None
-    answering = _answering_stage(model, out, answering_steps, seed, progress) if answering_steps else None
+    answering = _answering_stage(model, out, answering_steps, seed, progress, page_reads) if answering_steps else None
     stages = [s for s in (stage1, reading, reasoning, answering) if s]
     info = {"perception_stage": stage1, "reading_stage": reading, "reasoning_stage": reasoning,
             "answering_stage": answering,
@@ -302,6 +344,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--reasoning-steps", type=int, default=400, help="stage-3 (reasoner SFT) steps; 0 skips it")
     ap.add_argument("--answering-steps", type=int, default=600,
                     help="stage-4 steps (questions about an input embedded as their answers); 0 skips it")
+    ap.add_argument("--page-reads", type=int, default=PAGE_READS,
+                    help="stage-4 pages per step whose row values a linear head reads off their embeddings; 0: none")
     ap.add_argument("--latent-rows", type=int, default=0,
                     help="stage-3 rows per step that decode the gold CoT from think tokens alone (TTE-Flash's CoT branch)")
     ap.add_argument("--perception", default=None, help="start from this stage-1 checkpoint instead of training stage 1")
@@ -315,7 +359,7 @@ def from_arguments(a: argparse.Namespace) -> dict:
     return build_base(a.out, a.steps, a.reasoning_steps, a.seed, device=a.device,
                       partial_captions=a.partial_captions, perception=a.perception,
                       latent_rows=a.latent_rows, reading_steps=a.reading_steps, page_siblings=a.page_siblings,
-                      answering_steps=a.answering_steps)
+                      answering_steps=a.answering_steps, page_reads=a.page_reads)
 
 
 def main(argv=None):
