@@ -14,7 +14,9 @@
     python benchmarks/page_saddle.py --base checkpoints/base --steps 300
     python benchmarks/page_saddle.py --base checkpoints/base --steps 0     # part 1 only
 
-Recorded: benchmarks/results/page_saddle_cpu.jsonl (2 cores, 2026-12-06).
+Recorded: benchmarks/results/page_saddle_cpu.jsonl (2 cores, 2026-12-06). Its first three lines are the command
+above on the base committed before stage 4 read page values (checkpoints/base at commit 203b274, run from a copy
+at /tmp/base-ans600): part 1, then the two variants; the fourth is `--steps 0` on the base committed since.
 """
 from __future__ import annotations
 

@@ -19,7 +19,8 @@ explicit-CoT model wrote a right answer fact for 6% of test queries, TTE-Flash's
 (benchmarks/thought_accuracy.py). Stage 4 makes it an embedder of questions, as VLM2Vec-style backbones
 are trained on VQA before retrieval: a perception question about an input (one attribute, digit or page
 value, read off it: no hop, count or arithmetic, so no benchmark task) embeds as its answer. Before it the
-embedding token had only summarised whole inputs.
+embedding token had only summarised whole inputs. Stage 4 also has a linear head read each page's values off
+its embedding: no contrastive objective puts them there (benchmarks/page_saddle.py).
 """
 from __future__ import annotations
 
