@@ -257,7 +257,7 @@ def _answering_stage(model: TTEFlashModel, out: str, steps: int, seed: int, prog
     Up to stage 3 the embedding token only ever summarises a whole input (image <-> caption).
     page_reads: pages per step whose row values PageValueHead must read off their embeddings. Without it no
     page value reaches the embedding token: a page's embedding and its sibling's (other values) have cosine
-    0.998, and no contrastive objective moves them (benchmarks/page_saddle.py)."""
+    0.993, and no contrastive objective moves them (benchmarks/page_saddle.py)."""
     cfg = _later_stage_config(steps, seed + 3, lr=5e-4, batch_size=16, warmup_steps=20)
     if page_reads:  # attached before train(): the head trains and checkpoints with the model, and is not saved
         model.page_value_head = PageValueHead(model.vlm.config.get_text_config().hidden_size, seed).to(model.device)
