@@ -526,10 +526,15 @@ def perception_question(kind: str, rng: random.Random) -> tuple[Input, str, list
     raise ValueError(f"unknown question kind {kind!r}; expected one of {QUESTION_KINDS}")
 
 
+def page_rows(caption: str) -> R.Page:
+    """The (item, value) rows of the page a page caption describes, in order (the inverse of its caption)."""
+    return tuple((item, int(v)) for item, v in (fact.split() for fact in caption.split(" , ")))
+
+
 def page_sibling_example(caption: str, rng: random.Random) -> tuple[Input, str]:
     """A page with the rows of the page captioned `caption`, in the same order, one or more values changed:
     a hard negative for aligning pages, which the items alone cannot tell apart."""
-    rows = [(item, int(v)) for item, v in (fact.split() for fact in caption.split(" , "))]
+    rows = list(page_rows(caption))
     changed = [i for i in range(len(rows)) if rng.random() < 0.5] or [rng.randrange(len(rows))]
     for i in changed:
         rows[i] = (rows[i][0], rng.choice([v for v in range(1, 10) if v != rows[i][1]]))

@@ -159,8 +159,7 @@ def perception_step(model, data, cfg: TrainConfig, step: int = 0) -> dict:
         logged["answering"] = info_nce(q, a, positive, cfg.temperature)
         embedding_loss = embedding_loss + logged["answering"]
     if read:
-        values = torch.tensor([[int(fact.split()[1]) for fact in caption.split(" , ")] for _, caption in read],
-                              device=pages.device)  # a page caption is "item value , item value , item value"
+        values = torch.tensor([[v for _, v in bench.page_rows(caption)] for _, caption in read], device=pages.device)
         logged["page_values"] = model.page_value_head.loss(pages, values)
         embedding_loss = embedding_loss + logged["page_values"]
     return {"loss": out.cot_loss + cfg.cot_weight * embedding_loss, **logged}

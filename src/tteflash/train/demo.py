@@ -28,8 +28,8 @@ METHODS = {
     "explicit_cot": {"think_tokens": 0, "explicit_cot": True},
 }
 # The demo's training budget per method, about the most that keeps `git clone` + `make demo` within its 12
-# minutes on 2 cores (616 s measured). On the four-stage base 800 steps beat 600 for every method but the
-# oracle (3 seeds each: docs/results.md, configs/answering-base.yaml).
+# minutes on 2 cores (588 s measured, docs/demo-results.json). On the four-stage base 800 steps beat 600 for
+# every method but the oracle (3 seeds each: docs/results.md, configs/answering-base.yaml).
 DEMO_STEPS = 800
 GROUP_ORDER = ["image-CLS", "image-QA", "image-RET", "image-VG", "video-QA", "visdoc"]
 
