@@ -43,7 +43,7 @@ def main(argv=None):
     groups = bench.TASK_GROUPS
     for stop in range(a.every, a.steps + 1, a.every):
         t = time.perf_counter()
-        state = train(model, cfg, a.out, lambda s: examples_for_step(s, cfg.batch_size), progress=False, stop_after=stop)
+        state = train(model, cfg, a.out, lambda s: examples_for_step(s, cfg), progress=False, stop_after=stop)
         r = evaluate(model, test, groups, gold_cot=a.method == "explicit_cot", b1_queries=9)
         line = {"method": a.method + ("_oracle" if a.method == "explicit_cot" else ""), "step": stop,
                 "schedule_steps": a.steps, "train": dataclasses.asdict(cfg), "n_queries": len(test),

@@ -74,7 +74,7 @@ def main():
         for p in model.vlm.model.visual.parameters():
             p.requires_grad_(False)
         mcfg = cfg if model.config.method != "no_think" else TrainConfig(cot_weight=0.0)
-        data = [examples_for_step(s, cfg.batch_size) for s in range(STEPS + 2)]
+        data = [examples_for_step(s, cfg) for s in range(STEPS + 2)]
         lines.append({"workload": f"demo step, {name}", **measure(model, lambda d: steps.contrastive_step(model, d, mcfg), data)})
         print(json.dumps(lines[-1]), flush=True)
     model = TTEFlashModel.from_pretrained(BASE)

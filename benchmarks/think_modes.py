@@ -43,14 +43,14 @@ def measure(settings: dict) -> dict:
         p.requires_grad_(False)
     seconds = 0.0
     for s in range(args.steps + 2):
-        data = examples_for_step(s, cfg.batch_size)
+        data = examples_for_step(s, cfg)
         model.zero_grad(set_to_none=True)
         t = time.perf_counter()
         contrastive_step(model, data, cfg)["loss"].backward()
         if s >= 2:
             seconds += time.perf_counter() - t
     model.eval()
-    queries = [e.query for s in range(4) for e in examples_for_step(100 + s, 16)]
+    queries = [e.query for s in range(4) for e in examples_for_step(100 + s, cfg)]
     model.encode(queries[:32], batch_size=32, show_progress_bar=False)
     times = []
     for _ in range(3):  # best of 3: other work on the machine only ever adds time

@@ -73,7 +73,7 @@ def run_workload(spec: dict) -> dict:
     cfg = TrainConfig(batch_size=spec["batch"], hard_negatives=spec["hard_negatives"], cot_weight=spec["cot_weight"],
                       grad_cache_chunk=spec["chunk"])
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    data = examples_for_step(0, spec["batch"])  # the demo's first step, at this batch size
+    data = examples_for_step(0, cfg)  # the demo's first step, at this batch size
     n_targets = len(target_rows(model, data, cfg)[0])  # de-duplicated target rows
 
     def step():

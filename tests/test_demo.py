@@ -152,3 +152,37 @@ def test_every_explicit_cot_configuration_gets_its_oracle_read_out():
     assert readouts("explicit_cot_t01")["explicit_cot_t01_oracle"] == {"gold_cot": True}
     assert set(readouts("tte_flash_nested", [1, 2])) == {"tte_flash_nested", "tte_flash_nested@1", "tte_flash_nested@2"}
     assert not any(k.endswith("_oracle") for k in readouts("no_think"))
+
+
+def test_a_step_draws_its_examples_from_tasks_per_batch_tasks_in_equal_shares():
+    from collections import Counter
+
+    from tteflash.train.demo import examples_for_step
+
+    seen = Counter()
+    for step in range(60):
+        batch = examples_for_step(step, TrainConfig(batch_size=8, tasks_per_batch=2))
+        shares = Counter(x.task for x in batch)
+        assert sorted(shares.values()) == [4, 4]
+        seen.update(shares)
+        assert [x.cot for x in batch] == [x.cot for x in examples_for_step(step, TrainConfig(batch_size=8, tasks_per_batch=2))]
+    assert set(seen) == set(bench.TASK_NAMES)  # every task is drawn (60 steps: missing one has p < 1e-5)
+    every = Counter(x.task for x in examples_for_step(0, TrainConfig(batch_size=9, tasks_per_batch=0)))
+    assert set(every.values()) == {1} and len(every) == len(bench.TASK_NAMES)
+    with pytest.raises(ValueError, match="tasks_per_batch=10 needs at most 9"):
+        examples_for_step(0, TrainConfig(batch_size=16, tasks_per_batch=10))
+    with pytest.raises(ValueError, match="tasks_per_batch must be >= 0"):
+        TrainConfig(tasks_per_batch=-1)
+
+
+def test_training_examples_never_repeat_across_steps_and_seeds(monkeypatch):
+    from tteflash.train import demo
+
+    drawn = []
+    monkeypatch.setattr(demo.bench, "make_example", lambda task, split, index: drawn.append((task, split, index)))
+    for t in (0, 2):
+        drawn.clear()
+        for seed in (0, 1):
+            for step in range(50):
+                demo.examples_for_step(step, TrainConfig(batch_size=8, tasks_per_batch=t, seed=seed))
+        assert len(set(drawn)) == len(drawn) == 800 and {split for _, split, _ in drawn} == {"train"}

@@ -80,9 +80,13 @@ def test_study_config_errors_name_the_problem(tmp_path):
 
 def test_seeds_read_different_training_data():
     from tteflash.train.demo import examples_for_step
+    from tteflash.train.trainer import TrainConfig
 
-    a, b = examples_for_step(0, 4, seed=0), examples_for_step(0, 4, seed=1)
-    assert [x.task for x in a] == [x.task for x in b] and [x.cot for x in a] != [x.cot for x in b]
+    for t in (0, 2):
+        a, b = (examples_for_step(0, TrainConfig(batch_size=4, tasks_per_batch=t, seed=s)) for s in (0, 1))
+        assert [x.cot for x in a] != [x.cot for x in b]
+        if t == 0:  # every task in turn: the same task order in every seed
+            assert [x.task for x in a] == [x.task for x in b]
 
 
 def test_quick_selects_its_subset_with_its_own_budget(tmp_path):

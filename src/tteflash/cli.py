@@ -141,7 +141,7 @@ def _train(a) -> int:
         model = TTEFlashModel.from_pretrained(a.model, {} if a.think_tokens is None else {"think_tokens": a.think_tokens})
         model.to(device)
         # the step's examples are a pure function of the step (exact resume); each rank trains on its slice
-        train(model, cfg, a.out, lambda step: examples_for_step(step, cfg.batch_size, seed=cfg.seed), progress=rank == 0)
+        train(model, cfg, a.out, lambda step: examples_for_step(step, cfg), progress=rank == 0)
         if rank == 0:
             with atomic_dir(os.path.join(a.out, "model")) as tmp:
                 model.save_pretrained(tmp)

@@ -9,6 +9,7 @@ import json
 import multiprocessing
 import os
 import platform
+import random
 import time
 
 import numpy as np
@@ -28,16 +29,26 @@ METHODS = {
     "explicit_cot": {"think_tokens": 0, "explicit_cot": True},
 }
 # The demo's training budget per method, about the most that keeps `git clone` + `make demo` within its 12
-# minutes on 2 cores (588 s measured, docs/demo-results.json). On the four-stage base 800 steps beat 600 for
-# every method but the oracle (3 seeds each: docs/results.md, configs/answering-base.yaml).
-DEMO_STEPS = 800
+# minutes on 2 cores. Batches from two tasks (TrainConfig.tasks_per_batch) made steps cheaper, which paid for
+# 1,000 steps where 800 took 588 s; on the four-stage base 800 steps beat 600 for every method but the oracle
+# (3 seeds each: docs/results.md, configs/answering-base.yaml).
+DEMO_STEPS = 1000
 GROUP_ORDER = ["image-CLS", "image-QA", "image-RET", "image-VG", "video-QA", "visdoc"]
 
 
-def examples_for_step(step: int, batch_size: int, tasks=bench.TASK_NAMES, seed: int = 0) -> list:
-    """Balanced over tasks, a pure function of the step (exact resume); each seed reads its own examples."""
-    start = step * batch_size + seed * len(tasks) * 10**6  # a multiple of len(tasks): the same task order
-    return [bench.make_example(tasks[i % len(tasks)], "train", i // len(tasks)) for i in range(start, start + batch_size)]
+def examples_for_step(step: int, cfg: TrainConfig, tasks=bench.TASK_NAMES) -> list:
+    """cfg.batch_size training examples, a pure function of the step (exact resume); each seed reads its own.
+    With cfg.tasks_per_batch = t they come from t distinct tasks drawn for the step (seeded), in equal
+    shares; with 0, from every task in turn."""
+    n, bs, t = len(tasks), cfg.batch_size, cfg.tasks_per_batch
+    start = step * bs + cfg.seed * n * 10**6  # a multiple of n: the same task order in every seed
+    if t == 0:
+        return [bench.make_example(tasks[i % n], "train", i // n) for i in range(start, start + bs)]
+    if not t <= min(n, bs):
+        raise ValueError(f"tasks_per_batch={t} needs at most {min(n, bs)} (the tasks, and the batch size {bs})")
+    drawn = random.Random(f"tasks/{cfg.seed}/{step}").sample(tasks, t)
+    # a step owns indices [start, start + bs) of every task: no example repeats across steps or seeds
+    return [bench.make_example(drawn[i * t // bs], "train", start + i) for i in range(bs)]
 
 
 def _loss_ends(history: list[dict], key: str) -> tuple[float | None, float | None]:
@@ -64,7 +75,7 @@ def train_method(name: str, base: str, out: str, cfg: TrainConfig, device: str =
     model = TTEFlashModel.from_pretrained(base, trained_with["model"], device=device)
     trains_cot = model.config.method != "no_think"
     mcfg = dataclasses.replace(cfg, cot_weight=cfg.cot_weight if trains_cot else 0.0)
-    state = train(model, mcfg, d, lambda s: examples_for_step(s, cfg.batch_size, seed=cfg.seed),
+    state = train(model, mcfg, d, lambda s: examples_for_step(s, cfg),
                   progress=progress, desc=name)
     with atomic_dir(os.path.join(d, "model")) as tmp:
         model.save_pretrained(tmp)
