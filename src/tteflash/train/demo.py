@@ -41,7 +41,7 @@ def examples_for_step(step: int, cfg: TrainConfig, tasks=bench.TASK_NAMES) -> li
     With cfg.tasks_per_batch = t they come from t distinct tasks drawn for the step (seeded), in equal
     shares; with 0, from every task in turn."""
     n, bs, t = len(tasks), cfg.batch_size, cfg.tasks_per_batch
-    start = step * bs + cfg.seed * n * 10**6  # a multiple of n: the same task order in every seed
+    start = step * bs + cfg.seed * n * 10**6  # seeds apart by a multiple of n: with t = 0, one task order
     if t == 0:
         return [bench.make_example(tasks[i % n], "train", i // n) for i in range(start, start + bs)]
     if not t <= min(n, bs):
