@@ -123,6 +123,10 @@ def test_a_setting_that_changed_behaviour_compares_as_its_old_behaviour():
     assert same_train_config(old, TrainConfig(nested_think=True, nested_every_budget=False))
     assert same_train_config(saved_before_the_field(), TrainConfig())  # no effect without nested budgets
     assert not same_train_config(saved_before_the_field(lr=0.5), TrainConfig())
+    # runs saved before tasks_per_batch drew every task in every step
+    before_tasks = {k: v for k, v in dataclasses.asdict(TrainConfig()).items() if k != "tasks_per_batch"}
+    assert not same_train_config(before_tasks, TrainConfig())
+    assert same_train_config(before_tasks, TrainConfig(tasks_per_batch=0))
 
 
 def test_lr_schedule_hand_values():
