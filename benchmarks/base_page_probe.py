@@ -117,7 +117,7 @@ def _run(name: str, a) -> None:
         for _ in range(cfg.batch_size):
             inp, caption = bench.perception_example("page", rng)
             pairs.append((inp, caption, partial_caption(caption, rng)))
-        return [pairs, [], [], [], []]
+        return [pairs, [], [], [], [], []]  # base_examples' six lists
 
     weights = READING_WEIGHTS if name == "reading" else {"page": 1.0} if name == "siblings" else {name: 1.0}
     data = pages if name == "partial" else (

@@ -143,7 +143,7 @@ def test_latent_reasoning_rows_train_the_think_tokens_to_carry_the_cot(tiny_base
     think_grad = {}
     for name, latent in (("explicit only", []), ("with latent", data[3])):
         seen.clear()
-        perception_step(model, data[:3] + [latent, []], cfg)["loss"].backward()
+        perception_step(model, data[:3] + [latent, [], []], cfg)["loss"].backward()
         at_think = [(out.grad[torch.isin(ids, think_ids)]) for ids, out in seen]
         think_grad[name] = sum(g.abs().sum().item() for g in at_think), sum(len(g) for g in at_think)
     assert think_grad["explicit only"] == (0, 0)

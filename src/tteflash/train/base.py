@@ -118,8 +118,7 @@ def partial_caption(caption: str, rng: random.Random) -> str:
 
 
 def perception_step(model, data, cfg: TrainConfig, step: int = 0) -> dict:
-    pairs, texts, reasoned, latent, asked = data[:5]
-    read = data[5] if len(data) > 5 else []
+    pairs, texts, reasoned, latent, asked, read = data  # base_examples' six lists
     p = model.processor
     caption_rows, image_rows, text_rows, keys = [], [], [], []
     describe = p.text_ids(DESCRIBE, "base prompt")
