@@ -116,6 +116,16 @@ def test_cli_rejects_a_worker_count_below_one(capsys):
     assert e.value.code == 2 and "--workers: must be >= 1, got 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args, problem", [(["--tasks-per-batch", "10"], "tasks_per_batch=10 needs at most 9"),
+                                           (["--schedule", "nope"], "unknown schedule 'nope'")])
+def test_cli_demo_names_a_bad_training_setting_before_any_worker_starts(monkeypatch, capsys, args, problem):
+    from tteflash.train import demo
+
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **kw: pytest.fail("a bad setting reached run_demo"))
+    assert cli(["demo", *args]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {problem}")
+
+
 def test_cli_demo_trains_the_demo_budget_unless_told_otherwise(monkeypatch):
     from tteflash.train import demo
 

@@ -81,8 +81,14 @@ def main(argv=None) -> int:
 
     a = ap.parse_args(argv)
     if a.command == "demo":
-        from .train.demo import run_demo
-        run_demo(a.base, a.out, from_args(TrainConfig, a), n_test=a.n_test, device=a.device, workers=a.workers)
+        from .train.demo import examples_for_step, run_demo
+        try:
+            cfg = from_args(TrainConfig, a)
+            examples_for_step(0, cfg)  # settings the sampler rejects fail here, not inside a worker process
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        run_demo(a.base, a.out, cfg, n_test=a.n_test, device=a.device, workers=a.workers)
     elif a.command == "train":
         return _train(a)
     elif a.command == "base":
@@ -131,6 +137,7 @@ def _train(a) -> int:
 
     try:
         cfg = from_args(TrainConfig, a)
+        examples_for_step(0, cfg)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
