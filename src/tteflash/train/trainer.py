@@ -38,8 +38,11 @@ class TrainConfig:
     """Optimizer steps."""
     batch_size: int = 16
     """Queries per step (each brings its positive and hard negatives)."""
-    lr: float = 1e-3
-    """Peak AdamW learning rate."""
+    lr: float = 5e-4
+    """Peak AdamW learning rate. 5e-4 since 2026-12-06 (1e-3 before), the rate the bundled base's last stages
+    trained at: from that base at 1,000 steps, 1e-3 undid much of what it had learnt (validation hit@1, seed 0:
+    no-think 28.1 at 1e-3, 38.3 at 5e-4; TTE-Flash K=8 31.9 / 44.0; benchmarks/results/demo_sweep_lr_cpu.jsonl).
+    A real pretrained VLM fully fine-tuned wants far less (about 1e-5; LoRA about 1e-4)."""
     warmup_steps: int = 25
     """Linear warm-up steps, then cosine decay to 10% of the peak."""
     weight_decay: float = 0.01
