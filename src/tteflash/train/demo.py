@@ -30,7 +30,7 @@ METHODS = {
 }
 # The demo's training budget per method, about the most that keeps `git clone` + `make demo` within its 12
 # minutes on 2 cores. Batches from two tasks (TrainConfig.tasks_per_batch) made steps cheaper, which paid for
-# 1,000 steps (583 s from a fresh clone, docs/demo-results.json) where 800 had taken 588 s; on the four-stage
+# 1,000 steps (583-660 s from a fresh clone, docs/demo-results.json) where 800 had taken 588 s; on the four-stage
 # base 800 steps beat 600 for every method but the oracle (3 seeds each: docs/results.md).
 DEMO_STEPS = 1000
 GROUP_ORDER = ["image-CLS", "image-QA", "image-RET", "image-VG", "video-QA", "visdoc"]
