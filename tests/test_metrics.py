@@ -171,3 +171,23 @@ def test_rank_order_ties_never_favour_position():
 def test_mean_graded():
     m = mean_graded([graded_metrics(["a"], {"a": 1.0}), graded_metrics(["b", "a"], {"a": 1.0})])
     assert m["hit@1"] == 0.5 and m["mrr"] == 0.75 and m["num_queries"] == 2
+
+
+def test_query_cost_keeps_the_fastest_of_its_repeats(monkeypatch):
+    from tteflash.eval import evaluate as ev
+
+    passes = iter([99.0, 5.0, 3.0, 4.0, 8.0, 6.0, 7.0])  # warm-up, then 3 passes at batch 32, 3 at batch 1
+    seen = []
+
+    def fake(model, queries, batch_size, cot, think_tokens=None):
+        seen.append((len(queries), batch_size))
+        return np.full((len(queries), 2), len(seen), np.float32), next(passes)
+
+    monkeypatch.setattr(ev, "_time_queries", fake)
+    examples = [SimpleNamespace(task=t, query={"text": f"{t}{i}"}, cot="c") for t in ("a", "b") for i in range(4)]
+    emb, ms_batch, ms_b1 = ev.query_cost(object(), examples, batch_size=4, b1_queries=4, repeats=3)
+    assert (ms_batch, ms_b1) == (3.0, 6.0)
+    assert seen == [(4, 4)] + [(8, 4)] * 3 + [(4, 1)] * 3  # b1: the first 2 queries of each task
+    assert emb.shape == (8, 2) and (emb == 2).all()  # the embeddings of the first timed pass
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        ev.query_cost(object(), examples, repeats=0)
