@@ -181,7 +181,7 @@ def readouts(name: str, eval_think: list[int] | None = None) -> dict[str, dict]:
 
 TIMED_PER_TASK = 64  # queries per task timed at batch 32 by time_alone (the first 5 of them at batch 1)
 TIMING_REPEATS = 3  # time_alone keeps the fastest of this many passes: single passes put TTE-Flash K=8 at
-# 1.09-1.35x no-think's batch-32 cost in four fresh-clone demos; the fastest of 5 gave 1.17x
+# 1.09-1.35x no-think's batch-32 cost in four fresh-clone demos
 
 
 def time_alone(runs: list[tuple[str, str, list[int] | None]], test, device: str) -> dict[str, list[float]]:
