@@ -81,10 +81,10 @@ def main(argv=None) -> int:
 
     a = ap.parse_args(argv)
     if a.command == "demo":
-        from .train.demo import examples_for_step, run_demo
+        from .train.demo import check_sampler, run_demo
         try:
             cfg = from_args(TrainConfig, a)
-            examples_for_step(0, cfg)  # settings the sampler rejects fail here, not inside a worker process
+            check_sampler(cfg)  # settings the sampler rejects fail here, not inside a worker process
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -132,12 +132,12 @@ def _train(a) -> int:
     from .files import atomic_dir
     from .model import TTEFlashModel
     from .train import distributed
-    from .train.demo import examples_for_step
+    from .train.demo import check_sampler, examples_for_step
     from .train.trainer import TrainConfig, train
 
     try:
         cfg = from_args(TrainConfig, a)
-        examples_for_step(0, cfg)
+        check_sampler(cfg)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

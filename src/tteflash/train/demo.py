@@ -40,15 +40,21 @@ def examples_for_step(step: int, cfg: TrainConfig, tasks=bench.TASK_NAMES) -> li
     """cfg.batch_size training examples, a pure function of the step (exact resume); each seed reads its own.
     With cfg.tasks_per_batch = t they come from t distinct tasks drawn for the step (seeded), in equal
     shares; with 0, from every task in turn."""
+    check_sampler(cfg, tasks)
     n, bs, t = len(tasks), cfg.batch_size, cfg.tasks_per_batch
     start = step * bs + cfg.seed * n * 10**6  # seeds apart by a multiple of n: with t = 0, one task order
     if t == 0:
         return [bench.make_example(tasks[i % n], "train", i // n) for i in range(start, start + bs)]
-    if not t <= min(n, bs):
-        raise ValueError(f"tasks_per_batch={t} needs at most {min(n, bs)} (the tasks, and the batch size {bs})")
     drawn = random.Random(f"tasks/{cfg.seed}/{step}").sample(tasks, t)
     # a step owns indices [start, start + bs) of every task: no example repeats across steps or seeds
     return [bench.make_example(drawn[i * t // bs], "train", start + i) for i in range(bs)]
+
+
+def check_sampler(cfg: TrainConfig, tasks=bench.TASK_NAMES) -> None:
+    """ValueError when examples_for_step cannot draw cfg's batches (called before workers start, too)."""
+    n, bs, t = len(tasks), cfg.batch_size, cfg.tasks_per_batch
+    if t and not t <= min(n, bs):
+        raise ValueError(f"tasks_per_batch={t} needs at most {min(n, bs)} (the tasks, and the batch size {bs})")
 
 
 def _loss_ends(history: list[dict], key: str) -> tuple[float | None, float | None]:
